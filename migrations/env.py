@@ -1,0 +1,53 @@
+"""Alembic environment: migrates the database whose URL the caller put in the config.
+
+`tep db upgrade` sets it from `TEP_DATABASE_URL`; a bare `alembic upgrade head` (with the
+repository's alembic.ini) falls back to the same setting.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+
+from models import Base, make_engine
+
+config = context.config
+
+
+def _database_url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if url:
+        return url
+    from worker.settings import get_settings
+
+    return get_settings().database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=_database_url(),
+        target_metadata=Base.metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(_database_url())
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            # SQLite cannot ALTER most things; batch mode rebuilds tables there.
+            render_as_batch=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

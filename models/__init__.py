@@ -1,0 +1,51 @@
+"""The schema (Canvas's names), engine and session helpers. Knows nothing above it."""
+
+from models.base import UTC, Base, UTCDateTime, utcnow
+from models.db import make_engine, make_sessionmaker, normalize_url, transaction
+from models.entities import (
+    DEFAULT_ENDING_ENROLLMENT_STATE,
+    ENDING_ENROLLMENT_STATES,
+    ENROLLMENT_STATES,
+    ENROLLMENT_TYPES,
+    LIVE_ENROLLMENT_STATES,
+    PAIRING_STATES,
+    AccessToken,
+    Account,
+    CommunicationChannel,
+    Course,
+    CourseSection,
+    Enrollment,
+    Pseudonym,
+    StateChange,
+    SweepRun,
+    TemporaryEnrollmentPairing,
+    User,
+)
+
+__all__ = [
+    "DEFAULT_ENDING_ENROLLMENT_STATE",
+    "ENDING_ENROLLMENT_STATES",
+    "ENROLLMENT_STATES",
+    "ENROLLMENT_TYPES",
+    "LIVE_ENROLLMENT_STATES",
+    "PAIRING_STATES",
+    "UTC",
+    "AccessToken",
+    "Account",
+    "Base",
+    "CommunicationChannel",
+    "Course",
+    "CourseSection",
+    "Enrollment",
+    "Pseudonym",
+    "StateChange",
+    "SweepRun",
+    "TemporaryEnrollmentPairing",
+    "UTCDateTime",
+    "User",
+    "make_engine",
+    "make_sessionmaker",
+    "normalize_url",
+    "transaction",
+    "utcnow",
+]

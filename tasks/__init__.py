@@ -1,0 +1,89 @@
+"""Celery tasks. Thin, like web views: parse arguments, handle retries, call the lifecycle.
+
+The rules themselves live in :mod:`tasks.lifecycle` and are tested without a worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from models import transaction
+from tasks import lifecycle
+from worker import runtime
+from worker.settings import get_settings
+
+log = logging.getLogger("tep.tasks")
+
+# A lost database connection (restart, failover, a terminated backend) is retried with
+# exponential backoff; the sweep is idempotent and commits per batch, so a retry redoes nothing.
+RETRY_ON = (OperationalError, DBAPIError)
+MAX_RETRIES = 8
+RETRY_BACKOFF_MAX_SECONDS = 120
+
+
+def parse_as_of(value: str | None) -> dt.datetime | None:
+    """`as_of` arrives as JSON: an ISO 8601 string with an offset (or None for now)."""
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise lifecycle.LifecycleError(f"as_of {value!r} is not an ISO 8601 date-time") from None
+    return lifecycle.require_aware(moment)
+
+
+@shared_task(
+    name="tasks.expire_due_pairings",
+    acks_late=True,  # idempotent: redelivery after a lost worker just finishes the job
+    autoretry_for=RETRY_ON,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX_SECONDS,
+    max_retries=MAX_RETRIES,
+)
+def expire_due_pairings(
+    as_of: str | None = None,
+    dry_run: bool = False,
+    account_id: int | None = None,
+    trigger: str = "celery",
+) -> dict[str, Any]:
+    """Expire every temporary enrollment due at `as_of` (default: now); returns the run summary."""
+    summary = lifecycle.run_sweep(
+        runtime.session_factory(),
+        as_of=parse_as_of(as_of),
+        dry_run=bool(dry_run),
+        account_id=account_id,
+        batch_size=get_settings().batch_size,
+        trigger=trigger,
+    )
+    return summary.to_json()
+
+
+@shared_task(
+    name="tasks.end_pairing",
+    autoretry_for=RETRY_ON,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX_SECONDS,
+    max_retries=MAX_RETRIES,
+)
+def end_pairing(
+    pairing_id: int,
+    as_of: str | None = None,
+    actor_id: int | None = None,
+    delete: bool = False,
+) -> dict[str, Any]:
+    """End one pairing now (its live enrollments get its ending state); idempotent."""
+    moment = parse_as_of(as_of) or lifecycle.utcnow()
+    with transaction(runtime.session_factory()) as session:
+        pairing, changed = lifecycle.end_pairing(
+            session, pairing_id, as_of=moment, actor_id=actor_id, delete=bool(delete)
+        )
+        return {
+            "pairing_id": pairing.id,
+            "workflow_state": pairing.workflow_state,
+            "enrollments_changed": changed,
+        }

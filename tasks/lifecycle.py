@@ -1,0 +1,626 @@
+"""The temporary enrollment lifecycle: the rules of DESIGN.md section 4, in one place.
+
+* A *live* enrollment is `active`, `invited` or `creation_pending`.
+* A temporary enrollment is *due* at `as_of` when it is live, its pairing is `active`, and
+  `end_at <= as_of` (the boundary is due).
+* Expiring it sets the pairing's `ending_enrollment_state` (NULL means `deleted`, as in Canvas) and
+  writes an audit row with the state it had.
+* A pairing *ends* when it has enrollments and none of them is live; an empty pairing stays active.
+* A pairing whose data the rules cannot apply to (an ending state we do not know, a live enrollment
+  with no `end_at`, a deleted root account) is never guessed at: it is skipped, reported, logged.
+
+Functions here take a `Session` and never commit; :func:`run_sweep` is the one driver that owns
+transactions, because a sweep commits batch by batch so that a large backlog neither holds locks
+for minutes nor loses finished work when a worker dies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    true,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import (
+    DEFAULT_ENDING_ENROLLMENT_STATE,
+    ENDING_ENROLLMENT_STATES,
+    LIVE_ENROLLMENT_STATES,
+    Account,
+    Enrollment,
+    StateChange,
+    SweepRun,
+    TemporaryEnrollmentPairing,
+    UTCDateTime,
+    transaction,
+    utcnow,
+)
+
+log = logging.getLogger("tep.lifecycle")
+
+# Due enrollments read per transaction. Each transaction expires every due enrollment of the
+# pairings those rows belong to, so this bounds the pairings (and locks) per commit. The figure
+# comes from bench/ on PostgreSQL: see bench/RESULTS.md.
+DEFAULT_BATCH_SIZE = 2000
+
+# Why a change was made; stored in the audit table's `reason`.
+REASON_EXPIRED = "expired"
+REASON_PAIRING_DELETED = "pairing_deleted"
+REASON_PAIRING_ENDED = "pairing_ended"
+
+# Why a pairing was skipped; reported in the run summary.
+SKIP_UNKNOWN_ENDING_STATE = "unknown_ending_state"
+SKIP_MISSING_END_AT = "missing_end_at"
+SKIP_ACCOUNT_DELETED = "account_deleted"
+
+ENROLLMENT = "Enrollment"
+PAIRING = "TemporaryEnrollmentPairing"
+
+Pairing = TemporaryEnrollmentPairing
+
+
+class LifecycleError(Exception):
+    """A request the rules refuse; the message is meant for people."""
+
+
+class UnknownAccount(LifecycleError):
+    pass
+
+
+class UnknownPairing(LifecycleError):
+    pass
+
+
+class UnknownEndingState(LifecycleError):
+    pass
+
+
+# Literal SQL for the live states, not bind parameters: PostgreSQL only uses a partial index when
+# it can prove the query's predicate implies the index's, which it cannot for a generic plan's
+# parameters (psycopg prepares statements it has run five times).
+_LIVE = Enrollment.workflow_state.in_([literal_column(f"'{s}'") for s in LIVE_ENROLLMENT_STATES])
+_TEMPORARY = Enrollment.temporary_enrollment_pairing_id.is_not(None)
+
+
+def resolve_ending_state(value: str | None) -> str | None:
+    """The state a pairing's enrollments end in, or None when the value is not one we know."""
+    if value is None:
+        return DEFAULT_ENDING_ENROLLMENT_STATE
+    return value if value in ENDING_ENROLLMENT_STATES else None
+
+
+def is_due(end_at: dt.datetime | None, as_of: dt.datetime) -> bool:
+    """The due rule for one end date (the SQL below states the same rule for many rows)."""
+    return end_at is not None and end_at <= as_of
+
+
+def require_aware(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise LifecycleError(f"{moment.isoformat()} has no time zone; give an offset such as Z")
+    return moment.astimezone(dt.UTC)
+
+
+def new_run_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedPairing:
+    pairing_id: int
+    root_account_id: int
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a sweep did (or, in a dry run, would do)."""
+
+    run_id: str
+    as_of: dt.datetime
+    dry_run: bool
+    account_id: int | None
+    trigger: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    enrollments_changed: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(ENDING_ENROLLMENT_STATES, 0)
+    )
+    pairings_ended: int = 0
+    skipped: dict[int, SkippedPairing] = dataclasses.field(default_factory=dict)
+    batches: int = 0
+
+    @property
+    def enrollments_changed_total(self) -> int:
+        return sum(self.enrollments_changed.values())
+
+    def skip(self, pairing: SkippedPairing) -> None:
+        if pairing.pairing_id not in self.skipped:
+            self.skipped[pairing.pairing_id] = pairing
+            log.error(
+                "skipped pairing %s (root account %s): %s: %s",
+                pairing.pairing_id,
+                pairing.root_account_id,
+                pairing.reason,
+                pairing.detail,
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        finished = self.finished_at or utcnow()
+        return {
+            "run_id": self.run_id,
+            "trigger": self.trigger,
+            "as_of": iso(self.as_of),
+            "dry_run": self.dry_run,
+            "account_id": self.account_id,
+            "enrollments_changed": dict(self.enrollments_changed),
+            "enrollments_changed_total": self.enrollments_changed_total,
+            "pairings_ended": self.pairings_ended,
+            "pairings_skipped": [
+                dataclasses.asdict(s) for s in sorted(self.skipped.values(), key=_by_id)
+            ],
+            "batches": self.batches,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(finished),
+            "duration_seconds": round((finished - self.started_at).total_seconds(), 3),
+        }
+
+
+def _by_id(skipped: SkippedPairing) -> int:
+    return skipped.pairing_id
+
+
+def iso(moment: dt.datetime) -> str:
+    """ISO 8601 in UTC with a `Z`, as Canvas writes timestamps."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------------------------
+# Finding due work
+
+
+def due_enrollments(as_of: dt.datetime, account_id: int | None = None) -> ColumnElement[bool]:
+    """The due rule as SQL, over live temporary enrollments (the sweep's partial index)."""
+    clause = and_(_TEMPORARY, _LIVE, Enrollment.end_at <= as_of)
+    if account_id is not None:
+        clause = and_(clause, Enrollment.root_account_id == account_id)
+    return clause
+
+
+def count_due(session: Session, as_of: dt.datetime, account_id: int | None = None) -> int:
+    """Due enrollments of active pairings (what a sweep at `as_of` would look at)."""
+    stmt = (
+        select(func.count())
+        .select_from(Enrollment)
+        .join(Pairing, Pairing.id == Enrollment.temporary_enrollment_pairing_id)
+        .where(due_enrollments(as_of, account_id), Pairing.workflow_state == "active")
+    )
+    return session.scalar(stmt) or 0
+
+
+def _next_window(
+    session: Session,
+    as_of: dt.datetime,
+    account_id: int | None,
+    after: tuple[dt.datetime, int] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    """The next `limit` due enrollments in (end_at, id) order, after the keyset `after`.
+
+    Paging by keyset keeps every read an index range scan, so a sweep costs O(due rows) however
+    large the table, and a pairing that is skipped or locked elsewhere is stepped over, not re-read.
+    """
+    stmt = select(
+        Enrollment.end_at, Enrollment.id, Enrollment.temporary_enrollment_pairing_id
+    ).where(due_enrollments(as_of, account_id))
+    if after is not None:
+        stmt = stmt.where(tuple_(Enrollment.end_at, Enrollment.id) > tuple_(*after))
+    stmt = stmt.order_by(Enrollment.end_at, Enrollment.id).limit(limit)
+    return list(session.execute(stmt))
+
+
+def pairings_missing_end_at(
+    session: Session, *, account_id: int | None = None, pairing_ids: Collection[int] | None = None
+) -> list[SkippedPairing]:
+    """Active pairings with a live temporary enrollment that has no `end_at` (bad data)."""
+    stmt = (
+        select(Pairing.id, Pairing.root_account_id, func.count(Enrollment.id))
+        .join(Enrollment, Enrollment.temporary_enrollment_pairing_id == Pairing.id)
+        .where(_TEMPORARY, _LIVE, Enrollment.end_at.is_(None), Pairing.workflow_state == "active")
+        .group_by(Pairing.id, Pairing.root_account_id)
+        .order_by(Pairing.id)
+    )
+    if account_id is not None:
+        stmt = stmt.where(Pairing.root_account_id == account_id)
+    if pairing_ids is not None:
+        stmt = stmt.where(Pairing.id.in_(pairing_ids))
+    return [
+        SkippedPairing(pid, root, SKIP_MISSING_END_AT, f"{n} live enrollment(s) without end_at")
+        for pid, root, n in session.execute(stmt)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Changing state (shared by the sweep and by ending a pairing early)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangeContext:
+    """Who and what a set of changes belongs to, stamped on every audit row."""
+
+    run_id: str
+    as_of: dt.datetime
+    reason: str
+    actor_id: int | None = None
+    changed_at: dt.datetime = dataclasses.field(default_factory=utcnow)
+
+
+def expire_enrollments(
+    session: Session,
+    pairing_ids: Collection[int],
+    ending_state: str,
+    where: ColumnElement[bool],
+    ctx: ChangeContext,
+    *,
+    write: bool = True,
+) -> int:
+    """Move the live enrollments of `pairing_ids` matching `where` to `ending_state`, audited.
+
+    Two set-based statements: the audit rows are copied from the rows as they are now (their
+    `from_state`), then the rows are updated. The caller holds the pairings' row locks, and every
+    writer of a temporary enrollment takes its pairing's lock first, so both statements see the
+    same rows; the counts are compared anyway, and a mismatch rolls the batch back.
+    """
+    scope = and_(
+        _TEMPORARY, _LIVE, Enrollment.temporary_enrollment_pairing_id.in_(pairing_ids), where
+    )
+    if not write:
+        return session.scalar(select(func.count()).select_from(Enrollment).where(scope)) or 0
+
+    audit = insert(StateChange).from_select(
+        [
+            StateChange.context_type,
+            StateChange.context_id,
+            StateChange.temporary_enrollment_pairing_id,
+            StateChange.root_account_id,
+            StateChange.from_state,
+            StateChange.to_state,
+            StateChange.reason,
+            StateChange.run_id,
+            StateChange.actor_id,
+            StateChange.created_at,
+        ],
+        select(
+            literal(ENROLLMENT),
+            Enrollment.id,
+            Enrollment.temporary_enrollment_pairing_id,
+            Enrollment.root_account_id,
+            Enrollment.workflow_state,
+            literal(ending_state),
+            literal(ctx.reason),
+            literal(ctx.run_id),
+            literal(ctx.actor_id, type_=Enrollment.user_id.type),
+            literal(ctx.changed_at, type_=UTCDateTime()),
+        ).where(scope),
+    )
+    audited = session.execute(audit).rowcount  # type: ignore[attr-defined]
+    values: dict[str, Any] = {"workflow_state": ending_state, "updated_at": ctx.changed_at}
+    if ending_state == "completed":
+        values["completed_at"] = ctx.as_of
+    changed = session.execute(
+        update(Enrollment).where(scope).values(**values).execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if changed != audited:
+        raise LifecycleError(
+            f"enrollments changed under the sweep ({changed} updated, {audited} audited); "
+            "batch rolled back"
+        )
+    return int(changed)
+
+
+def pairings_with_nothing_left(
+    session: Session, pairing_ids: Collection[int], as_of: dt.datetime
+) -> list[int]:
+    """Those of `pairing_ids` whose every live enrollment is due at `as_of`, i.e. that end once
+    their due enrollments expire. Asked before the update so a dry run gets the same answer."""
+    still_live = exists().where(
+        Enrollment.temporary_enrollment_pairing_id == Pairing.id,
+        _TEMPORARY,
+        _LIVE,
+        or_(Enrollment.end_at.is_(None), Enrollment.end_at > as_of),
+    )
+    has_enrollments = exists().where(Enrollment.temporary_enrollment_pairing_id == Pairing.id)
+    stmt = (
+        select(Pairing.id)
+        .where(Pairing.id.in_(pairing_ids), has_enrollments, ~still_live)
+        .order_by(Pairing.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def set_pairing_state(
+    session: Session,
+    pairings: Iterable[tuple[int, int, str]],
+    to_state: str,
+    ctx: ChangeContext,
+    **values: Any,
+) -> int:
+    """Move pairings `(id, root_account_id, from_state)` to `to_state`, with an audit row each."""
+    pairings = list(pairings)
+    if not pairings:
+        return 0
+    session.execute(
+        insert(StateChange),
+        [
+            {
+                "context_type": PAIRING,
+                "context_id": pid,
+                "temporary_enrollment_pairing_id": pid,
+                "root_account_id": root,
+                "from_state": from_state,
+                "to_state": to_state,
+                "reason": ctx.reason,
+                "run_id": ctx.run_id,
+                "actor_id": ctx.actor_id,
+                "created_at": ctx.changed_at,
+            }
+            for pid, root, from_state in pairings
+        ],
+    )
+    session.execute(
+        update(Pairing)
+        .where(Pairing.id.in_([p[0] for p in pairings]))
+        .values(workflow_state=to_state, updated_at=ctx.changed_at, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return len(pairings)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+
+
+def expire_batch(
+    session: Session,
+    pairing_ids: Collection[int],
+    summary: RunSummary,
+    *,
+    write: bool,
+) -> None:
+    """Expire the due enrollments of these pairings and end those left with nothing live.
+
+    Claims the pairings with `FOR UPDATE SKIP LOCKED`: a pairing another sweep is working on is
+    left to it. Everything here commits (or rolls back) with the caller's transaction, so each
+    pairing is processed wholly or not at all.
+    """
+    claimed = session.execute(
+        select(
+            Pairing.id,
+            Pairing.root_account_id,
+            Pairing.ending_enrollment_state,
+            Account.workflow_state,
+        )
+        .join(Account, Account.id == Pairing.root_account_id)
+        .where(Pairing.id.in_(pairing_ids), Pairing.workflow_state == "active")
+        .order_by(Pairing.id)
+        .with_for_update(of=Pairing, skip_locked=True)
+    ).all()
+    if not claimed:
+        return
+    missing_end_at = {
+        s.pairing_id: s
+        for s in pairings_missing_end_at(session, pairing_ids=[row[0] for row in claimed])
+    }
+
+    by_state: dict[str, list[int]] = {}
+    roots: dict[int, int] = {}
+    for pid, root, raw_state, account_state in claimed:
+        ending_state = resolve_ending_state(raw_state)
+        if account_state == "deleted":
+            summary.skip(SkippedPairing(pid, root, SKIP_ACCOUNT_DELETED, f"account {root} is deleted"))
+        elif ending_state is None:
+            summary.skip(
+                SkippedPairing(
+                    pid,
+                    root,
+                    SKIP_UNKNOWN_ENDING_STATE,
+                    f"ending_enrollment_state {raw_state!r} is not one of "
+                    f"{', '.join(ENDING_ENROLLMENT_STATES)}",
+                )
+            )
+        elif pid in missing_end_at:
+            summary.skip(missing_end_at[pid])
+        else:
+            by_state.setdefault(ending_state, []).append(pid)
+            roots[pid] = root
+    if not roots:
+        return
+
+    ctx = ChangeContext(run_id=summary.run_id, as_of=summary.as_of, reason=REASON_EXPIRED)
+    ending = pairings_with_nothing_left(session, list(roots), summary.as_of)
+    due = Enrollment.end_at <= summary.as_of
+    for ending_state, ids in by_state.items():
+        summary.enrollments_changed[ending_state] += expire_enrollments(
+            session, ids, ending_state, due, ctx, write=write
+        )
+    if write:
+        set_pairing_state(
+            session,
+            ((pid, roots[pid], "active") for pid in ending),
+            "ended",
+            ctx,
+            ended_at=summary.as_of,
+        )
+    summary.pairings_ended += len(ending)
+
+
+ProgressCallback = Callable[[RunSummary], None]
+
+
+def run_sweep(
+    factory: sessionmaker[Session],
+    *,
+    as_of: dt.datetime | None = None,
+    dry_run: bool = False,
+    account_id: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    trigger: str = "manual",
+    on_batch: ProgressCallback | None = None,
+) -> RunSummary:
+    """Expire everything due at `as_of` (default: now), batch by batch. Idempotent.
+
+    Each batch is its own transaction. A dry run takes the same path, counts instead of writing,
+    and rolls every batch back, so what it reports is what a real run at that moment would do.
+    """
+    started_at = utcnow()
+    as_of = require_aware(as_of) if as_of is not None else started_at
+    summary = RunSummary(
+        run_id=new_run_id(),
+        as_of=as_of,
+        dry_run=dry_run,
+        account_id=account_id,
+        trigger=trigger,
+        started_at=started_at,
+    )
+    with transaction(factory, commit=False) as session:
+        if account_id is not None:
+            require_root_account(session, account_id)
+        # Pairings with an undated live enrollment are never due, so no window would meet them;
+        # list them here so that every run reports them until someone fixes the data.
+        for bad in pairings_missing_end_at(session, account_id=account_id):
+            summary.skip(bad)
+
+    seen: set[int] = set()
+    after: tuple[dt.datetime, int] | None = None
+    while True:
+        with transaction(factory, commit=not dry_run) as session:
+            window = _next_window(session, as_of, account_id, after, batch_size)
+            if not window:
+                break
+            after = (window[-1][0], window[-1][1])
+            # A pairing with enrollments in several windows was wholly handled at its first.
+            fresh = {row[2] for row in window} - seen - summary.skipped.keys()
+            seen |= fresh
+            if fresh:
+                expire_batch(session, sorted(fresh), summary, write=not dry_run)
+                summary.batches += 1
+        if on_batch is not None:
+            on_batch(summary)
+
+    summary.finished_at = utcnow()
+    if not dry_run:
+        record_run(factory, summary)
+    log.info(
+        "sweep %s as of %s%s: %d enrollment(s) changed %s, %d pairing(s) ended, %d skipped",
+        summary.run_id,
+        iso(as_of),
+        " (dry run)" if dry_run else "",
+        summary.enrollments_changed_total,
+        summary.enrollments_changed,
+        summary.pairings_ended,
+        len(summary.skipped),
+    )
+    return summary
+
+
+def record_run(factory: sessionmaker[Session], summary: RunSummary) -> None:
+    with transaction(factory) as session:
+        session.add(
+            SweepRun(
+                id=summary.run_id,
+                trigger=summary.trigger,
+                as_of=summary.as_of,
+                account_id=summary.account_id,
+                started_at=summary.started_at,
+                finished_at=summary.finished_at or utcnow(),
+                enrollments_changed=summary.enrollments_changed_total,
+                pairings_ended=summary.pairings_ended,
+                pairings_skipped=len(summary.skipped),
+                summary=json.dumps(summary.to_json()),
+            )
+        )
+
+
+def require_root_account(session: Session, account_id: int) -> Account:
+    account = session.get(Account, account_id)
+    if account is None:
+        raise UnknownAccount(f"no account with id {account_id}")
+    if account.root_account_id is not None:
+        raise UnknownAccount(
+            f"account {account_id} is a sub-account; give its root account "
+            f"{account.root_account_id}"
+        )
+    return account
+
+
+# --------------------------------------------------------------------------------------------
+# Ending one pairing now
+
+
+def end_pairing(
+    session: Session,
+    pairing_id: int,
+    *,
+    as_of: dt.datetime,
+    actor_id: int | None = None,
+    delete: bool = False,
+    run_id: str | None = None,
+) -> tuple[Pairing, dict[str, int]]:
+    """End a pairing early: its live enrollments get its ending state now, audited, and the
+    pairing becomes `ended` (or `deleted`, with `deleted_by_id`, when `delete`).
+
+    Waits for the pairing's row lock (a sweep holding it finishes its batch first). A pairing
+    that is no longer active is returned unchanged, so ending twice is harmless. Returns the
+    pairing and the enrollments changed per state.
+    """
+    pairing = session.execute(
+        select(Pairing).where(Pairing.id == pairing_id).with_for_update()
+    ).scalar_one_or_none()
+    if pairing is None:
+        raise UnknownPairing(f"no temporary enrollment pairing with id {pairing_id}")
+    if pairing.workflow_state != "active":
+        return pairing, {}
+    ending_state = resolve_ending_state(pairing.ending_enrollment_state)
+    if ending_state is None:
+        raise UnknownEndingState(
+            f"pairing {pairing_id} has ending_enrollment_state "
+            f"{pairing.ending_enrollment_state!r}, not one of {', '.join(ENDING_ENROLLMENT_STATES)}"
+        )
+    ctx = ChangeContext(
+        run_id=run_id or new_run_id(),
+        as_of=require_aware(as_of),
+        reason=REASON_PAIRING_DELETED if delete else REASON_PAIRING_ENDED,
+        actor_id=actor_id,
+    )
+    changed = expire_enrollments(session, [pairing_id], ending_state, true(), ctx)
+    values: dict[str, Any] = {"ended_at": ctx.as_of}
+    if delete:
+        values["deleted_by_id"] = actor_id
+    set_pairing_state(
+        session,
+        [(pairing.id, pairing.root_account_id, pairing.workflow_state)],
+        "deleted" if delete else "ended",
+        ctx,
+        **values,
+    )
+    session.refresh(pairing)
+    return pairing, {ending_state: changed} if changed else {}

@@ -1,0 +1,287 @@
+"""`tep`: the operator's command line.
+
+Every failure an operator can cause (a bad setting, a date that is not ISO 8601, an unknown
+account, a database that was never migrated) ends in one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+
+from models import Enrollment, TemporaryEnrollmentPairing, transaction, utcnow
+from tasks import lifecycle
+from worker import runtime
+from worker.settings import SettingsError, get_settings
+
+# Below this many due enrollments a progress bar would only flicker.
+PROGRESS_BAR_MIN_DUE = 5000
+DEMO_SWEEP_INTERVAL_SECONDS = 5
+DEMO_TIMEOUT_SECONDS = 90
+
+cli = typer.Typer(
+    name="tep",
+    help="Temporary enrollment lifecycle service for Canvas LMS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A failure to report as one line and exit status 1 (2 for bad usage)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    raise CliError(message, status)
+
+
+def parse_iso(value: str, option: str) -> dt.datetime:
+    """An ISO 8601 date-time; one without an offset is read as UTC, as Canvas reads them."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} {value!r} is not an ISO 8601 date-time (e.g. 2026-11-26T14:00:00Z)")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema (Alembic) in TEP_DATABASE_URL."""
+    from migrations import upgrade
+
+    upgrade(get_settings().database_url)
+    err.print("database is up to date")
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    title = "Sweep (dry run: nothing was written)" if summary["dry_run"] else "Sweep"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("run id", summary["run_id"])
+    table.add_row("as of", summary["as_of"])
+    if summary["account_id"] is not None:
+        table.add_row("account", str(summary["account_id"]))
+    for state, count in summary["enrollments_changed"].items():
+        table.add_row(f"enrollments -> {state}", str(count))
+    table.add_row("pairings ended", str(summary["pairings_ended"]))
+    table.add_row("pairings skipped", str(len(summary["pairings_skipped"])))
+    table.add_row("duration", f"{summary['duration_seconds']:.2f} s")
+    return table
+
+
+def skipped_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="Skipped pairings (not changed; fix the data)", title_justify="left")
+    for column in ("pairing", "root account", "reason", "detail"):
+        table.add_column(column)
+    for item in summary["pairings_skipped"]:
+        table.add_row(
+            str(item["pairing_id"]), str(item["root_account_id"]), item["reason"], item["detail"]
+        )
+    return table
+
+
+@cli.command()
+def sweep(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="ISO 8601 moment to sweep as of (default now).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would change; write nothing.")
+    ] = False,
+    account: Annotated[
+        int | None, typer.Option("--account", help="Only this root account's pairings.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Expire the temporary enrollments that are due, in this process."""
+    moment = parse_iso(as_of, "--as-of") if as_of is not None else None
+    factory = runtime.session_factory()
+    settings = get_settings()
+    kwargs: dict[str, Any] = {
+        "as_of": moment,
+        "dry_run": dry_run,
+        "account_id": account,
+        "batch_size": settings.batch_size,
+        "trigger": "cli",
+    }
+    total = 0
+    if not as_json and out.is_terminal:
+        with transaction(factory, commit=False) as session:
+            total = lifecycle.count_due(session, moment or utcnow(), account)
+    if total >= PROGRESS_BAR_MIN_DUE:
+        columns = (TextColumn("expiring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=out, transient=True) as progress:
+            bar = progress.add_task("sweep", total=total)
+
+            def advance(summary: lifecycle.RunSummary) -> None:
+                progress.update(bar, completed=summary.enrollments_changed_total)
+
+            result = lifecycle.run_sweep(factory, on_batch=advance, **kwargs).to_json()
+    else:
+        result = lifecycle.run_sweep(factory, **kwargs).to_json()
+
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    out.print(summary_table(result))
+    if result["pairings_skipped"]:
+        out.print(skipped_table(result))
+
+
+@cli.command()
+def demo(
+    run: Annotated[
+        bool,
+        typer.Option(
+            "--run/--seed-only",
+            help="Also start a worker with beat and watch it end the due pairings.",
+        ),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the worker.")] = float(
+        DEMO_TIMEOUT_SECONDS
+    ),
+) -> None:
+    """Seed a demo account with due and future pairings (and, with --run, watch them expire)."""
+    from migrations import upgrade
+    from worker.demo import SOON, seed_demo
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    with transaction(runtime.session_factory()) as session:
+        seed = seed_demo(session, utcnow())
+    out.print(
+        f"seeded demo account {seed.account_id}: due pairings {seed.due_pairing_ids} "
+        f"({seed.due_enrollments} enrollments), expiring in "
+        f"{int(SOON.total_seconds())} s {seed.soon_pairing_ids}, "
+        f"future {seed.future_pairing_ids}"
+    )
+    if not run:
+        out.print("start a worker to expire them: celery -A worker worker -B --loglevel INFO")
+        return
+    watched = seed.due_pairing_ids + seed.soon_pairing_ids
+    ended = _run_worker_until_ended(watched, timeout)
+    out.print(pairings_table(seed.due_pairing_ids + seed.soon_pairing_ids + seed.future_pairing_ids))
+    if not ended:
+        fail(f"the worker did not end pairings {watched} within {timeout:.0f} s", status=1)
+    out.print(
+        f"the worker ended {len(watched)} pairings; `tep sweep --dry-run` now finds nothing due "
+        f"for account {seed.account_id}, and `tep sweep --as-of` a week ahead previews the rest."
+    )
+
+
+def _run_worker_until_ended(pairing_ids: list[int], timeout: float) -> bool:
+    env = dict(os.environ)
+    env.setdefault("TEP_SWEEP_INTERVAL_SECONDS", str(DEMO_SWEEP_INTERVAL_SECONDS))
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker", "worker", "-B",
+        "--loglevel", "INFO", "--concurrency", "1",
+        "--schedule", os.path.join(os.getcwd(), "tep-demo-beat-schedule"),
+    ]  # fmt: skip
+    out.print(f"starting: {' '.join(command[2:])}  (beat every {env['TEP_SWEEP_INTERVAL_SECONDS']} s)")
+    worker = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(1)
+            with transaction(runtime.session_factory(), commit=False) as session:
+                states = session.scalars(
+                    select(TemporaryEnrollmentPairing.workflow_state).where(
+                        TemporaryEnrollmentPairing.id.in_(pairing_ids)
+                    )
+                ).all()
+            if states and all(state == "ended" for state in states):
+                time.sleep(1)  # let the worker log the task's result before it is stopped
+                return True
+        return False
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def pairings_table(pairing_ids: list[int]) -> Table:
+    table = Table(title="Demo pairings", title_justify="left")
+    for column in ("pairing", "ending state", "pairing state", "ended at", "enrollments"):
+        table.add_column(column, no_wrap=column != "enrollments")
+    with transaction(runtime.session_factory(), commit=False) as session:
+        pairings = session.scalars(
+            select(TemporaryEnrollmentPairing)
+            .where(TemporaryEnrollmentPairing.id.in_(pairing_ids))
+            .order_by(TemporaryEnrollmentPairing.id)
+        ).all()
+        for pairing in pairings:
+            states = session.scalars(
+                select(Enrollment.workflow_state)
+                .where(Enrollment.temporary_enrollment_pairing_id == pairing.id)
+                .order_by(Enrollment.id)
+            ).all()
+            table.add_row(
+                str(pairing.id),
+                str(pairing.ending_enrollment_state),
+                pairing.workflow_state,
+                lifecycle.iso(pairing.ended_at) if pairing.ended_at else "",
+                ", ".join(states),
+            )
+    return table
+
+
+def main() -> None:
+    """Entry point: run the CLI and turn every expected failure into one line."""
+    try:
+        cli(standalone_mode=False)
+    except CliError as error:
+        err.print(f"tep: {error}", highlight=False)
+        raise SystemExit(error.status) from None
+    except (SettingsError, lifecycle.LifecycleError) as error:
+        err.print(f"tep: {error}", highlight=False)
+        raise SystemExit(2) from None
+    except (OperationalError, ProgrammingError) as error:
+        message = str(error.orig).splitlines()[0] if error.orig else str(error)
+        if "no such table" in message or "does not exist" in message:
+            message += " (run `tep db upgrade` first)"
+        err.print(f"tep: database error: {message}", highlight=False)
+        raise SystemExit(1) from None
+    except SQLAlchemyError as error:
+        err.print(f"tep: database error: {error.__class__.__name__}: {error}", highlight=False)
+        raise SystemExit(1) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except Exception as error:  # click's usage errors and the like
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            raise SystemExit(error.exit_code) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

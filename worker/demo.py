@@ -1,0 +1,115 @@
+"""Demo data: one root account with pairings that are due, about to be due, and in the future."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from sqlalchemy.orm import Session
+
+from models import (
+    Account,
+    CommunicationChannel,
+    Course,
+    CourseSection,
+    Enrollment,
+    Pseudonym,
+    TemporaryEnrollmentPairing,
+    User,
+)
+
+# How far ahead the "about to expire" pairing ends, so that a worker started right after seeding
+# is seen expiring it live on its next beat tick.
+SOON = dt.timedelta(seconds=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSeed:
+    account_id: int
+    due_pairing_ids: list[int]
+    soon_pairing_ids: list[int]
+    future_pairing_ids: list[int]
+    due_enrollments: int
+
+
+def _user(session: Session, account: Account, name: str, login: str) -> User:
+    user = User(name=name, sortable_name=", ".join(reversed(name.split(" ", 1))))
+    session.add(user)
+    session.flush()
+    session.add(Pseudonym(user_id=user.id, account_id=account.id, unique_id=login))
+    session.add(CommunicationChannel(user_id=user.id, path=login, path_type="email"))
+    return user
+
+
+def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
+    """Add a demo account; returns what was made. Adds a fresh account each time it runs."""
+    account = Account(name="Demo University")
+    session.add(account)
+    session.flush()
+    admin = _user(session, account, "Ada Admin", "ada@demo.example")
+    provider = _user(session, account, "Paula Provider", "paula@demo.example")
+    recipient = _user(session, account, "Sam Substitute", "sam@demo.example")
+
+    courses = []
+    for code, title in [("BIO-101", "Biology"), ("CHEM-110", "Chemistry"), ("HIST-200", "History")]:
+        course = Course(
+            name=title, course_code=code, account_id=account.id, root_account_id=account.id
+        )
+        session.add(course)
+        session.flush()
+        section = CourseSection(
+            course_id=course.id, root_account_id=account.id, name=title, default_section=True
+        )
+        session.add(section)
+        session.flush()
+        session.add(
+            Enrollment(
+                user_id=provider.id,
+                course_id=course.id,
+                course_section_id=section.id,
+                root_account_id=account.id,
+                type="TeacherEnrollment",
+            )
+        )
+        courses.append((course, section))
+
+    def pairing(ending_state: str | None, end_ats: list[dt.timedelta]) -> int:
+        record = TemporaryEnrollmentPairing(
+            root_account_id=account.id,
+            ending_enrollment_state=ending_state,
+            created_by_id=admin.id,
+        )
+        session.add(record)
+        session.flush()
+        for (course, section), offset in zip(courses, end_ats, strict=False):
+            session.add(
+                Enrollment(
+                    user_id=recipient.id,
+                    course_id=course.id,
+                    course_section_id=section.id,
+                    root_account_id=account.id,
+                    type="TeacherEnrollment",
+                    start_at=now - dt.timedelta(days=14),
+                    end_at=now + offset,
+                    temporary_enrollment_source_user_id=provider.id,
+                    temporary_enrollment_pairing_id=record.id,
+                )
+            )
+        return record.id
+
+    day = dt.timedelta(days=1)
+    due = [
+        pairing("deleted", [-day, -day, -day]),
+        pairing("completed", [-2 * day, -dt.timedelta(hours=1)]),
+        pairing(None, [-dt.timedelta(minutes=5)]),  # NULL ends as `deleted`, as in Canvas
+    ]
+    soon = [pairing("inactive", [SOON, SOON])]
+    future = [pairing("completed", [7 * day, 7 * day, 7 * day])]
+    session.flush()
+    return DemoSeed(
+        account_id=account.id,
+        due_pairing_ids=due,
+        soon_pairing_ids=soon,
+        future_pairing_ids=future,
+        due_enrollments=6,
+    )
