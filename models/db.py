@@ -40,6 +40,8 @@ def _configure_sqlite(engine: Engine) -> None:
     writers can both read and then deadlock on the upgrade to a write lock. We take the write lock
     at BEGIN instead (BEGIN IMMEDIATE): concurrent sweeps then queue behind each other, which is
     what makes a batch's reads and writes consistent on SQLite, where FOR UPDATE does not exist.
+    A reader that never writes may opt out with the execution option `sqlite_begin="DEFERRED"`
+    (WAL readers then never wait for a writer).
     """
 
     @event.listens_for(engine, "connect")
@@ -52,10 +54,14 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on `engine`; `read_only` ones do not take SQLite's write lock when they begin."""
+    if read_only:
+        engine = engine.execution_options(sqlite_begin="DEFERRED")
     return sessionmaker(engine, expire_on_commit=False)
 
 

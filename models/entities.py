@@ -159,7 +159,7 @@ class TemporaryEnrollmentPairing(Base):
     __tablename__ = "temporary_enrollment_pairings"
     __table_args__ = (
         Index(
-            "index_temporary_enrollment_pairings_on_root_account_id_and_created_at",
+            "index_temp_enrollment_pairings_on_root_account_and_created_at",
             "root_account_id",
             "created_at",
             "id",

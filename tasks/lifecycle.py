@@ -322,13 +322,14 @@ def expire_enrollments(
             literal(ctx.changed_at, type_=UTCDateTime()),
         ).where(scope),
     )
-    audited = session.execute(audit).rowcount  # type: ignore[attr-defined]
+    # Core statements on the session's connection: these are set-based SQL, not ORM unit-of-work
+    # operations. SQLAlchemy only keeps an INSERT's row count when asked to.
+    connection = session.connection()
+    audited = connection.execute(audit.execution_options(preserve_rowcount=True)).rowcount
     values: dict[str, Any] = {"workflow_state": ending_state, "updated_at": ctx.changed_at}
     if ending_state == "completed":
         values["completed_at"] = ctx.as_of
-    changed = session.execute(
-        update(Enrollment).where(scope).values(**values).execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
+    changed = connection.execute(update(Enrollment).where(scope).values(**values)).rowcount
     if changed != audited:
         raise LifecycleError(
             f"enrollments changed under the sweep ({changed} updated, {audited} audited); "
@@ -368,7 +369,8 @@ def set_pairing_state(
     pairings = list(pairings)
     if not pairings:
         return 0
-    session.execute(
+    connection = session.connection()
+    connection.execute(
         insert(StateChange),
         [
             {
@@ -386,11 +388,10 @@ def set_pairing_state(
             for pid, root, from_state in pairings
         ],
     )
-    session.execute(
+    connection.execute(
         update(Pairing)
         .where(Pairing.id.in_([p[0] for p in pairings]))
         .values(workflow_state=to_state, updated_at=ctx.changed_at, **values)
-        .execution_options(synchronize_session=False)
     )
     return len(pairings)
 

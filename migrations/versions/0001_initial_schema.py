@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 14:12:43.069947
+Create Date: 2026-11-26 14:15:10.435390
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_temporary_enrollment_pairings'))
     )
     with op.batch_alter_table('temporary_enrollment_pairings', schema=None) as batch_op:
-        batch_op.create_index('index_temporary_enrollment_pairings_on_root_account_id_and_created_at', ['root_account_id', 'created_at', 'id'], unique=False)
+        batch_op.create_index('index_temp_enrollment_pairings_on_root_account_and_created_at', ['root_account_id', 'created_at', 'id'], unique=False)
 
     op.create_table('course_sections',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -233,7 +233,7 @@ def downgrade() -> None:
 
     op.drop_table('course_sections')
     with op.batch_alter_table('temporary_enrollment_pairings', schema=None) as batch_op:
-        batch_op.drop_index('index_temporary_enrollment_pairings_on_root_account_id_and_created_at')
+        batch_op.drop_index('index_temp_enrollment_pairings_on_root_account_and_created_at')
 
     op.drop_table('temporary_enrollment_pairings')
     with op.batch_alter_table('pseudonyms', schema=None) as batch_op:

@@ -1,0 +1,81 @@
+"""Shared fixtures: a migrated database on SQLite and on PostgreSQL, emptied after every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrations import upgrade
+from models import Base, make_engine, make_sessionmaker
+from tests import services
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url() -> Iterator[str]:
+    """A scratch database for this test session, migrated to head."""
+    error = services.postgres_reachable()
+    if error is not None:
+        services.unavailable("PostgreSQL", error)
+    with services.scratch_postgres_database() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def sqlite_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("sqlite") / "tep.sqlite"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    return str(request.getfixturevalue(f"{request.param}_database_url"))
+
+
+def empty_tables(engine: Engine) -> None:
+    tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                connection.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        # The code under test commits (a sweep commits per batch), so isolation is by emptying
+        # the tables rather than by rolling back an outer transaction.
+        empty_tables(engine)
+        engine.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """A session for arranging and inspecting data; commit what the code under test must see.
+
+    It begins its transactions without SQLite's write lock, so a test that has read something
+    does not block the sweep it calls next; its first write takes the lock as usual.
+    """
+    with make_sessionmaker(engine, read_only=True)() as session:
+        yield session

@@ -1,0 +1,123 @@
+"""Small factories for test data: one call per Canvas object, sensible defaults, ids back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from models import (
+    Account,
+    Course,
+    CourseSection,
+    Enrollment,
+    Pseudonym,
+    TemporaryEnrollmentPairing,
+    User,
+)
+
+_counter = itertools.count(1)
+
+
+def account(session: Session, *, name: str = "Test University", state: str = "active") -> Account:
+    record = Account(name=name, workflow_state=state)
+    session.add(record)
+    session.flush()
+    return record
+
+
+def user(session: Session, root: Account, *, name: str | None = None) -> User:
+    n = next(_counter)
+    record = User(name=name or f"User {n}")
+    session.add(record)
+    session.flush()
+    session.add(Pseudonym(user_id=record.id, account_id=root.id, unique_id=f"user{n}@example.edu"))
+    session.flush()
+    return record
+
+
+def course(session: Session, root: Account, *, name: str | None = None) -> CourseSection:
+    """A course with its default section; returns the section (its `course_id` is the course)."""
+    n = next(_counter)
+    record = Course(name=name or f"Course {n}", account_id=root.id, root_account_id=root.id)
+    session.add(record)
+    session.flush()
+    section = CourseSection(
+        course_id=record.id, root_account_id=root.id, name=record.name, default_section=True
+    )
+    session.add(section)
+    session.flush()
+    return section
+
+
+def pairing(
+    session: Session,
+    root: Account,
+    *,
+    ending_state: str | None = "deleted",
+    state: str = "active",
+) -> TemporaryEnrollmentPairing:
+    record = TemporaryEnrollmentPairing(
+        root_account_id=root.id, ending_enrollment_state=ending_state, workflow_state=state
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def enrollment(
+    session: Session,
+    root: Account,
+    *,
+    user_id: int,
+    section: CourseSection,
+    end_at: dt.datetime | None = None,
+    pairing: TemporaryEnrollmentPairing | None = None,
+    source_user_id: int | None = None,
+    state: str = "active",
+    type: str = "TeacherEnrollment",
+) -> Enrollment:
+    record = Enrollment(
+        user_id=user_id,
+        course_id=section.course_id,
+        course_section_id=section.id,
+        root_account_id=root.id,
+        type=type,
+        workflow_state=state,
+        end_at=end_at,
+        temporary_enrollment_pairing_id=pairing.id if pairing else None,
+        temporary_enrollment_source_user_id=source_user_id,
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def temporary_pairing(
+    session: Session,
+    root: Account,
+    end_ats: Sequence[dt.datetime | None],
+    *,
+    ending_state: str | None = "deleted",
+    states: Sequence[str] | None = None,
+) -> tuple[TemporaryEnrollmentPairing, list[Enrollment]]:
+    """A provider, a recipient, and one temporary enrollment per `end_ats` in a pairing."""
+    provider = user(session, root, name="Provider")
+    recipient = user(session, root, name="Recipient")
+    record = pairing(session, root, ending_state=ending_state)
+    enrollments = [
+        enrollment(
+            session,
+            root,
+            user_id=recipient.id,
+            section=course(session, root),
+            end_at=end_at,
+            pairing=record,
+            source_user_id=provider.id,
+            state=(states[i] if states else "active"),
+        )
+        for i, end_at in enumerate(end_ats)
+    ]
+    return record, enrollments
