@@ -96,7 +96,9 @@ class Pseudonym(Base):
 
     __tablename__ = "pseudonyms"
     __table_args__ = (
-        Index("index_pseudonyms_on_account_id_and_unique_id", "account_id", "unique_id", unique=True),
+        Index(
+            "index_pseudonyms_on_account_id_and_unique_id", "account_id", "unique_id", unique=True
+        ),
         Index("index_pseudonyms_on_user_id", "user_id"),
     )
 
@@ -169,7 +171,7 @@ class TemporaryEnrollmentPairing(Base):
     id: Mapped[IdPk]
     root_account_id: Mapped[int] = mapped_column(BigId, ForeignKey("accounts.id"), nullable=False)
     workflow_state: Mapped[WorkflowState] = mapped_column(default="active")
-    # Deliberately free text, as in Canvas: the sweep must meet (and refuse) values it does not know.
+    # Free text, as in Canvas: the sweep must meet (and refuse) values it does not know.
     ending_enrollment_state: Mapped[str | None] = mapped_column(String(255))
     created_by_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("users.id"))
     deleted_by_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("users.id"))
@@ -287,9 +289,7 @@ class AccessToken(Base):
     """An API token. Only a SHA-256 hash of the secret is stored."""
 
     __tablename__ = "access_tokens"
-    __table_args__ = (
-        Index("index_access_tokens_on_crypted_token", "crypted_token", unique=True),
-    )
+    __table_args__ = (Index("index_access_tokens_on_crypted_token", "crypted_token", unique=True),)
 
     id: Mapped[IdPk]
     user_id: Mapped[int] = mapped_column(BigId, ForeignKey("users.id"), nullable=False)

@@ -12,7 +12,7 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from models import transaction
+from models import transaction, utcnow
 from tasks import lifecycle
 from worker import runtime
 from worker.settings import get_settings
@@ -77,7 +77,7 @@ def end_pairing(
     delete: bool = False,
 ) -> dict[str, Any]:
     """End one pairing now (its live enrollments get its ending state); idempotent."""
-    moment = parse_as_of(as_of) or lifecycle.utcnow()
+    moment = parse_as_of(as_of) or utcnow()
     with transaction(runtime.session_factory()) as session:
         pairing, changed = lifecycle.end_pairing(
             session, pairing_id, as_of=moment, actor_id=actor_id, delete=bool(delete)

@@ -26,7 +26,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Row,
     and_,
     exists,
     func,
@@ -34,8 +33,8 @@ from sqlalchemy import (
     literal,
     literal_column,
     or_,
-    true,
     select,
+    true,
     tuple_,
     update,
 )
@@ -223,7 +222,7 @@ def _next_window(
     account_id: int | None,
     after: tuple[dt.datetime, int] | None,
     limit: int,
-) -> list[Row[Any]]:
+) -> list[tuple[dt.datetime, int, int]]:
     """The next `limit` due enrollments in (end_at, id) order, after the keyset `after`.
 
     Paging by keyset keeps every read an index range scan, so a sweep costs O(due rows) however
@@ -235,7 +234,9 @@ def _next_window(
     if after is not None:
         stmt = stmt.where(tuple_(Enrollment.end_at, Enrollment.id) > tuple_(*after))
     stmt = stmt.order_by(Enrollment.end_at, Enrollment.id).limit(limit)
-    return list(session.execute(stmt))
+    # end_at and the pairing id are NOT NULL here: the due predicate requires both.
+    rows = session.execute(stmt).tuples()
+    return [(end_at, id_, pid) for end_at, id_, pid in rows if end_at and pid]
 
 
 def pairings_missing_end_at(
@@ -437,7 +438,9 @@ def expire_batch(
     for pid, root, raw_state, account_state in claimed:
         ending_state = resolve_ending_state(raw_state)
         if account_state == "deleted":
-            summary.skip(SkippedPairing(pid, root, SKIP_ACCOUNT_DELETED, f"account {root} is deleted"))
+            summary.skip(
+                SkippedPairing(pid, root, SKIP_ACCOUNT_DELETED, f"account {root} is deleted")
+            )
         elif ending_state is None:
             summary.skip(
                 SkippedPairing(

@@ -143,11 +143,14 @@ def test_unknown_ending_state_is_skipped_reported_and_logged(
     assert skipped["reason"] == "unknown_ending_state"
     assert "'archived'" in skipped["detail"]
     assert any(str(bad.id) in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
-    assert session.scalar(
-        select(func.count()).select_from(StateChange).where(
-            StateChange.temporary_enrollment_pairing_id == bad.id
+    assert (
+        session.scalar(
+            select(func.count())
+            .select_from(StateChange)
+            .where(StateChange.temporary_enrollment_pairing_id == bad.id)
         )
-    ) == 0
+        == 0
+    )
 
 
 def test_missing_end_at_and_deleted_account_are_skipped(
@@ -242,15 +245,22 @@ def test_dry_run_reports_the_real_run_and_writes_nothing(
     f.temporary_pairing(session, root, [T - DAY], ending_state="nonsense")
     session.commit()
     snapshot = session.execute(
-        select(Enrollment.id, Enrollment.workflow_state, Enrollment.updated_at).order_by(Enrollment.id)
+        select(Enrollment.id, Enrollment.workflow_state, Enrollment.updated_at).order_by(
+            Enrollment.id
+        )
     ).all()
 
     preview = sweep(factory, dry_run=True, batch_size=1)
 
     fresh(session)
-    assert session.execute(
-        select(Enrollment.id, Enrollment.workflow_state, Enrollment.updated_at).order_by(Enrollment.id)
-    ).all() == snapshot
+    assert (
+        session.execute(
+            select(Enrollment.id, Enrollment.workflow_state, Enrollment.updated_at).order_by(
+                Enrollment.id
+            )
+        ).all()
+        == snapshot
+    )
     assert audit_count(session) == 0
     assert session.scalar(select(func.count()).select_from(SweepRun)) == 0
 
@@ -282,8 +292,7 @@ def test_small_batches_process_every_pairing_once(
 ) -> None:
     root = f.account(session)
     made = [
-        f.temporary_pairing(session, root, [T - 3 * DAY, T - DAY, T - 2 * DAY])[1]
-        for _ in range(7)
+        f.temporary_pairing(session, root, [T - 3 * DAY, T - DAY, T - 2 * DAY])[1] for _ in range(7)
     ]
     session.commit()
 

@@ -186,7 +186,9 @@ def demo(
         return
     watched = seed.due_pairing_ids + seed.soon_pairing_ids
     ended = _run_worker_until_ended(watched, timeout)
-    out.print(pairings_table(seed.due_pairing_ids + seed.soon_pairing_ids + seed.future_pairing_ids))
+    out.print(
+        pairings_table(seed.due_pairing_ids + seed.soon_pairing_ids + seed.future_pairing_ids)
+    )
     if not ended:
         fail(f"the worker did not end pairings {watched} within {timeout:.0f} s", status=1)
     out.print(
@@ -203,7 +205,9 @@ def _run_worker_until_ended(pairing_ids: list[int], timeout: float) -> bool:
         "--loglevel", "INFO", "--concurrency", "1",
         "--schedule", os.path.join(os.getcwd(), "tep-demo-beat-schedule"),
     ]  # fmt: skip
-    out.print(f"starting: {' '.join(command[2:])}  (beat every {env['TEP_SWEEP_INTERVAL_SECONDS']} s)")
+    out.print(
+        f"starting: {' '.join(command[2:])}  (beat every {env['TEP_SWEEP_INTERVAL_SECONDS']} s)"
+    )
     worker = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + timeout
     try:
