@@ -235,8 +235,7 @@ def _next_window(
         stmt = stmt.where(tuple_(Enrollment.end_at, Enrollment.id) > tuple_(*after))
     stmt = stmt.order_by(Enrollment.end_at, Enrollment.id).limit(limit)
     # end_at and the pairing id are NOT NULL here: the due predicate requires both.
-    rows = session.execute(stmt).tuples()
-    return [(end_at, id_, pid) for end_at, id_, pid in rows if end_at and pid]
+    return [(end_at, id_, pid) for end_at, id_, pid in session.execute(stmt) if end_at and pid]
 
 
 def pairings_missing_end_at(
