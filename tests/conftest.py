@@ -79,3 +79,28 @@ def session(engine: Engine) -> Iterator[Session]:
     """
     with make_sessionmaker(engine, read_only=True)() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    error = services.redis_reachable()
+    if error is not None:
+        services.unavailable("Redis", error)
+    return services.REDIS_URL
+
+
+@pytest.fixture
+def pg_engine(postgres_database_url: str) -> Iterator[Engine]:
+    """The session's PostgreSQL database alone (for tests that need PostgreSQL specifically)."""
+    engine = make_engine(postgres_database_url)
+    try:
+        yield engine
+    finally:
+        empty_tables(engine)
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_session(pg_engine: Engine) -> Iterator[Session]:
+    with make_sessionmaker(pg_engine)() as session:
+        yield session
