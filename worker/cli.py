@@ -257,34 +257,38 @@ def pairings_table(pairing_ids: list[int]) -> Table:
     return table
 
 
+def complain(message: str) -> None:
+    """One line on stderr, never wrapped (rich would wrap it at 80 columns off a terminal)."""
+    print(f"tep: {' '.join(message.split())}", file=sys.stderr)
+
+
 def main() -> None:
     """Entry point: run the CLI and turn every expected failure into one line."""
     try:
         cli(standalone_mode=False)
     except CliError as error:
-        err.print(f"tep: {error}", highlight=False)
+        complain(str(error))
         raise SystemExit(error.status) from None
     except (SettingsError, lifecycle.LifecycleError) as error:
-        err.print(f"tep: {error}", highlight=False)
+        complain(str(error))
         raise SystemExit(2) from None
     except (OperationalError, ProgrammingError) as error:
         message = str(error.orig).splitlines()[0] if error.orig else str(error)
         if "no such table" in message or "does not exist" in message:
             message += " (run `tep db upgrade` first)"
-        err.print(f"tep: database error: {message}", highlight=False)
+        complain(f"database error: {message}")
         raise SystemExit(1) from None
     except SQLAlchemyError as error:
-        err.print(f"tep: database error: {error.__class__.__name__}: {error}", highlight=False)
+        complain(f"database error: {error.__class__.__name__}: {error}")
         raise SystemExit(1) from None
+    except typer.Exit as done:
+        raise SystemExit(done.exit_code) from None
     except typer.Abort:
         raise SystemExit(130) from None
-    except Exception as error:  # click's usage errors and the like
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            raise SystemExit(error.exit_code) from None
-        raise
+    except typer.TyperException as error:  # usage errors: a bad option value, a missing argument
+        format_message = getattr(error, "format_message", None)
+        complain(format_message() if format_message else str(error))
+        raise SystemExit(getattr(error, "exit_code", 2)) from None
 
 
 if __name__ == "__main__":
