@@ -14,6 +14,31 @@ from models import Base, make_engine, make_sessionmaker
 from tests import services
 
 BACKENDS = ["sqlite", "postgres"]
+SERVICE_MARKERS = ("postgres", "redis")
+# Outcomes of the tests that need a real server, per marker: CI checks that they really ran.
+_service_outcomes: dict[str, list[str]] = {marker: [] for marker in SERVICE_MARKERS}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        for marker in SERVICE_MARKERS:
+            if marker in report.keywords:
+                _service_outcomes[marker].append(report.outcome)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true, a run in which the PostgreSQL or Redis tests did not all run is a failure."""
+    if not services.IN_CI or session.config.option.collectonly:
+        return
+    problems = []
+    for marker, outcomes in _service_outcomes.items():
+        if "passed" not in outcomes:
+            problems.append(f"no {marker} test passed")
+        if "skipped" in outcomes:
+            problems.append(f"{outcomes.count('skipped')} {marker} test(s) skipped")
+    if problems:
+        print(f"\nCI=true: {'; '.join(problems)}: the services' tests must run", flush=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
