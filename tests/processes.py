@@ -62,7 +62,9 @@ class CeleryProcess:
 
     def stop(self, timeout: float = 30) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # SIGTERM to the main process alone: Celery's warm shutdown, which lets the pool
+            # finish its tasks (a signal to the whole group would kill the pool under it).
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -13,12 +13,16 @@ from worker.settings import Settings, parse_cron
 
 SWEEP_TASK = "tasks.expire_due_pairings"
 
+# Under an orchestrator's usual 30 s grace period (docs/operating.md).
+SOFT_SHUTDOWN_SECONDS = 20.0
+
 
 # Time limits, ordered soft < hard < the broker's visibility timeout. A sweep commits batch by
 # batch, so one that is stopped loses nothing; the limits only stop a wedged one. The visibility
 # timeout must exceed the hard limit or Redis would hand a still-running late-acked sweep to a
 # second worker, so both limits are derived from it: hard = half of it, soft = 5/6 of hard
 # (25 and 30 minutes for the default hour).
+
 def time_limits(visibility_timeout: float) -> tuple[float, float]:
     """(soft, hard) task time limits for a broker visibility timeout, in seconds."""
     hard = visibility_timeout / 2
@@ -89,6 +93,11 @@ def create_app(settings: Settings) -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Soft shutdown (a cold shutdown: SIGQUIT, Ctrl-C, or SIGTERM with REMAP_SIGTERM=SIGQUIT):
+        # a running sweep gets this long to finish, then its unacknowledged message goes back to
+        # the queue for another worker. Committed batches stay committed either way. A warm
+        # shutdown (plain SIGTERM) waits for the sweep however long it takes.
+        worker_soft_shutdown_timeout=SOFT_SHUTDOWN_SECONDS,
         # A task whose pool process died is failed, not put back: a message that kills its
         # process every time must not be redelivered forever. The next sweep picks up what it
         # left. (When the whole worker dies, Redis redelivers; worker/delivery.py caps that.)
