@@ -23,6 +23,7 @@ SOFT_SHUTDOWN_SECONDS = 20.0
 # second worker, so both limits are derived from it: hard = half of it, soft = 5/6 of hard
 # (25 and 30 minutes for the default hour).
 
+
 def time_limits(visibility_timeout: float) -> tuple[float, float]:
     """(soft, hard) task time limits for a broker visibility timeout, in seconds."""
     hard = visibility_timeout / 2
