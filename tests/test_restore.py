@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Enrollment, StateChange, TemporaryEnrollmentPairing, transaction
+from models import Enrollment, StateChange, TemporaryEnrollmentPairing, transaction, utcnow
 from tasks import lifecycle, restore
 from tests import factories as f
 from tests.processes import PROJECT_ROOT
@@ -218,3 +218,43 @@ def test_tep_restore_command(
     bad = tep(database_url, "restore", str(pairing.id), "--end-at", "next tuesday")
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("tep: --end-at 'next tuesday' is not an ISO 8601")
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_restore_pairing_task_on_a_real_worker(
+    postgres_database_url: str, redis_url: str, pg_session: Session, tmp_path: Path
+) -> None:
+    from models import make_engine, make_sessionmaker
+    from tests import services
+    from tests.processes import celery_worker, client_app, service_env
+
+    now = utcnow()
+    root = f.account(pg_session)
+    pairing, _ = f.temporary_pairing(pg_session, root, [now - DAY], ending_state="inactive")
+    untouched, _ = f.temporary_pairing(pg_session, root, [now + DAY])
+    pg_session.commit()
+    engine = make_engine(postgres_database_url)
+    lifecycle.run_sweep(make_sessionmaker(engine), as_of=now)
+    engine.dispose()
+    new_end = now + 2 * DAY
+
+    env = service_env(postgres_database_url, redis_url, services.unique_queue())
+    app = client_app(redis_url, env["TEP_QUEUE"])
+    with celery_worker(env, tmp_path):
+        restored = app.send_task(
+            "tasks.restore_pairing", args=[pairing.id], kwargs={"end_at": lifecycle.iso(new_end)}
+        ).get(timeout=60)
+        with pytest.raises(Exception, match="active and has no recorded change"):
+            app.send_task("tasks.restore_pairing", args=[untouched.id]).get(timeout=60)
+        again = app.send_task(
+            "tasks.expire_due_pairings", kwargs={"as_of": lifecycle.iso(new_end)}
+        ).get(timeout=60)
+
+    assert restored["pairing_state"] == "active"
+    assert restored["enrollments_restored"] == {"active": 1}
+    assert restored["end_at"] == lifecycle.iso(new_end)
+    # The restored enrollment expires again at its new end date (with `untouched`, due by then).
+    assert again["enrollments_changed"] == {"deleted": 1, "completed": 0, "inactive": 1}
+    assert snapshot(pg_session, pairing.id).pairing[0] == "ended"

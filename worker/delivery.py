@@ -55,7 +55,10 @@ def count_delivery(task_id: str, retries: int) -> int | None:
         return None
     key = delivery_key(task_id, retries)
     try:
-        count, _ = client.pipeline().incr(key).expire(key, COUNT_TTL_SECONDS).execute()
+        pipeline = client.pipeline()
+        pipeline.incr(key)
+        pipeline.expire(key, COUNT_TTL_SECONDS)
+        count, _ = pipeline.execute()
     except redis.RedisError as error:
         # The message did arrive, so Redis was there a moment ago; run it rather than refuse a
         # message we cannot count.

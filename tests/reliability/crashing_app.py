@@ -14,7 +14,7 @@ from worker import get_app
 app = get_app()
 
 
-@app.task(name="tests.kill_own_worker", acks_late=True)  # type: ignore[misc]
+@app.task(name="tests.kill_own_worker", acks_late=True)  # type: ignore[untyped-decorator]
 def kill_own_worker(marker: str) -> None:
     """Note the delivery, then SIGKILL the whole worker (main process and pool), as an
     out-of-memory kill of the container would: the message stays unacknowledged in Redis."""

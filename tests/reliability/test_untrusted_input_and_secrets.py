@@ -12,7 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from kombu import Connection, Exchange, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -39,12 +40,14 @@ def publish_pickled_task(broker_url: str, queue: str, task: str, args: tuple[obj
     """A Celery protocol 2 task message, pickle-serialized, straight onto the worker's queue."""
     task_id = str(uuid.uuid4())
     body = pickle.dumps((args, {}, {"callbacks": None, "errbacks": None, "chain": None}))
-    with Connection(broker_url) as connection:
+    exchange = Exchange(queue, type="direct")  # type: ignore[no-untyped-call]
+    destination = Queue(queue, exchange, routing_key=queue)  # type: ignore[no-untyped-call]
+    with Connection(broker_url) as connection:  # type: ignore[no-untyped-call]
         connection.Producer().publish(
             body,
-            exchange=Exchange(queue, type="direct"),
+            exchange=exchange,
             routing_key=queue,
-            declare=[Queue(queue, Exchange(queue, type="direct"), routing_key=queue)],
+            declare=[destination],
             serializer=None,
             content_type="application/x-python-serialize",
             content_encoding="binary",
