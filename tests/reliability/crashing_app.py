@@ -21,3 +21,12 @@ def kill_own_worker(marker: str) -> None:
     with open(marker, "a") as deliveries:
         deliveries.write(f"{os.getpid()}\n")
     os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+@app.task(name="tests.kill_own_pool_process", acks_late=True)  # type: ignore[untyped-decorator]
+def kill_own_pool_process(marker: str) -> None:
+    """Note the delivery, then SIGKILL only the pool process running it: the worker's main
+    process sees it die (WorkerLostError) and lives on."""
+    with open(marker, "a") as deliveries:
+        deliveries.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
