@@ -22,6 +22,7 @@ from typing import Any
 import redis
 from celery import Task
 from celery.exceptions import Reject
+from celery.signals import worker_ready
 
 from worker.settings import get_settings
 
@@ -105,3 +106,23 @@ class CappedDeliveryTask(Task):  # type: ignore[misc]  # Celery ships no type hi
         if self.acks_late and task_id:
             forget_deliveries(task_id, self.request.retries or 0)
         super().after_return(status, retval, task_id, *args)
+
+
+@worker_ready.connect
+def warn_unless_noeviction(**_: Any) -> None:
+    """Redis holds the queue, the unacknowledged messages and these counts: under memory
+    pressure any eviction policy but `noeviction` would silently drop some of them (a refused
+    write is loud; a lost sweep message or delivery count is not). Warn at start-up."""
+    client = _counter_client()
+    if client is None:
+        return
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError:  # managed Redis services often refuse CONFIG; nothing to check
+        return
+    if policy != "noeviction":
+        log.warning(
+            "the broker's Redis has maxmemory-policy %s: under memory pressure it may evict "
+            "queued or unacknowledged task messages; set it to noeviction",
+            policy,
+        )

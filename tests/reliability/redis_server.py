@@ -30,7 +30,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, eviction: str = "noeviction"
+    ) -> None:
+        self.eviction = eviction
         self.port = free_port()
         self.password = password
         self.workdir = workdir
@@ -50,7 +53,7 @@ class RedisServer:
         command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--maxmemory-policy", "noeviction",
+            "--maxmemory-policy", self.eviction,
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
@@ -75,10 +78,12 @@ class RedisServer:
 
 
 @contextmanager
-def private_redis(workdir: Path, password: str | None = None) -> Iterator[RedisServer]:
+def private_redis(
+    workdir: Path, password: str | None = None, eviction: str = "noeviction"
+) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         services.unavailable("redis-server (to run a private Redis)", FileNotFoundError())
-    server = RedisServer(workdir, password)
+    server = RedisServer(workdir, password, eviction)
     server.start()
     try:
         yield server

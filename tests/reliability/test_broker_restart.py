@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from models import StateChange, SweepRun, TemporaryEnrollmentPairing, utcnow
 from tests import factories as f
 from tests.processes import celery_beat, celery_worker, service_env, wait_until
-from tests.reliability.redis_server import RedisServer
+from tests.reliability.redis_server import RedisServer, private_redis
 
 RECONNECT_TIMEOUT_SECONDS = 120
 
@@ -70,3 +70,19 @@ def test_redis_restart_under_worker_and_beat_then_next_tick_is_processed(
     assert run is not None and run.trigger == "beat"
     assert run.started_at > restarted_at
     assert worker_log.count(f"Connected to redis://:**@127.0.0.1:{redis_server.port}") >= 2
+
+
+def test_worker_warns_when_redis_may_evict_messages(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    with private_redis(tmp_path, eviction="allkeys-lru") as lru:
+        env = service_env(postgres_database_url, lru.url, "tep-lru")
+        with celery_worker(env, tmp_path, name="lru") as worker:
+            worker.wait_for_log("maxmemory-policy allkeys-lru", 60)
+            assert "WARNING/MainProcess] the broker's Redis has maxmemory-policy" in worker.log
+
+    with private_redis(tmp_path) as safe:
+        env = service_env(postgres_database_url, safe.url, "tep-safe")
+        with celery_worker(env, tmp_path, name="safe") as worker:
+            pass
+        assert "maxmemory-policy" not in worker.log
