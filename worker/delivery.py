@@ -108,7 +108,7 @@ class CappedDeliveryTask(Task):  # type: ignore[misc]  # Celery ships no type hi
         super().after_return(status, retval, task_id, *args)
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]  # Celery ships no type hints
 def warn_unless_noeviction(**_: Any) -> None:
     """Redis holds the queue, the unacknowledged messages and these counts: under memory
     pressure any eviction policy but `noeviction` would silently drop some of them (a refused
