@@ -62,6 +62,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             # throttle seconds (100 s by default); never look less often than the timeout itself.
             "unacked_restore_interval": min(10, max(1, int(visibility / 10))),
             "unacked_restore_throttle": 1 if visibility < 1000 else 10,
+            # The lock around that look lapses after this long; a worker killed while holding
+            # it would otherwise hold up every redelivery for kombu's default 5 minutes.
+            "unacked_mutex_expire": int(min(300, max(1, visibility / 2))),
         }
     return {}
 

@@ -35,6 +35,7 @@ def backends_waiting_for(engine: Engine, table: str) -> list[int]:
                     JOIN pg_stat_activity a ON a.pid = l.pid
                     WHERE NOT l.granted AND l.relation = CAST(:table AS regclass)
                       AND a.datname = current_database() AND l.pid <> pg_backend_pid()
+                      AND a.backend_type = 'client backend'
                     ORDER BY l.pid
                     """
                 ),
