@@ -43,7 +43,7 @@ class CeleryProcess:
         self, args: list[str], env: dict[str, str], log_path: Path, app: str = "worker"
     ) -> None:
         self.log_path = log_path
-        self._log = log_path.open("ab")  # a restarted worker appends to its predecessor's log
+        self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", app, *args],
             env=env,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -214,6 +215,19 @@ def test_tep_restore_command(
     assert again.stdout == ""
     assert again.stderr.strip() == (
         f"tep: pairing {pairing.id} is active and has no recorded change to undo"
+    )
+    with transaction(factory) as work:
+        lifecycle.end_pairing(work, pairing.id, as_of=T, delete=True)
+    as_json = tep(database_url, "restore", str(pairing.id), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    result = json.loads(as_json.stdout)
+    assert result["pairing_state"] == "active"
+    assert result["undone_reason"] == "pairing_deleted"
+    assert result["enrollments_restored"] == {"active": 1}
+    missing = tep(database_url, "restore", "999999")
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        "tep: no temporary enrollment pairing with id 999999",
     )
     bad = tep(database_url, "restore", str(pairing.id), "--end-at", "next tuesday")
     assert bad.returncode == 2

@@ -84,7 +84,7 @@ class CappedDeliveryTask(Task):  # type: ignore[misc]  # Celery ships no type hi
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
-        if self.acks_late and not request.called_directly and request.id:
+        if self.acks_late and request.id and not (request.called_directly or request.is_eager):
             count = count_delivery(request.id, request.retries or 0)
             limit = get_settings().max_deliveries
             if count is not None and count > limit:
