@@ -87,3 +87,31 @@ def end_pairing(
             "workflow_state": pairing.workflow_state,
             "enrollments_changed": changed,
         }
+
+
+@shared_task(
+    name="tasks.restore_pairing",
+    autoretry_for=RETRY_ON,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX_SECONDS,
+    max_retries=MAX_RETRIES,
+)
+def restore_pairing(
+    pairing_id: int, end_at: str | None = None, actor_id: int | None = None
+) -> dict[str, Any]:
+    """Undo the pairing's last change (see :mod:`tasks.restore`); `end_at` re-dates it."""
+    from tasks import restore
+
+    new_end_at = parse_as_of(end_at)
+    with transaction(runtime.session_factory()) as session:
+        result = restore.restore_pairing(
+            session, pairing_id, as_of=utcnow(), end_at=new_end_at, actor_id=actor_id
+        )
+    log.info(
+        "restored pairing %s to %s (undid run %s): %s",
+        pairing_id,
+        result.pairing_state,
+        result.undone_run_id,
+        result.enrollments_restored,
+    )
+    return result.to_json()

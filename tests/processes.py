@@ -39,11 +39,13 @@ def service_env(database_url: str, broker_url: str, queue: str, **extra: str) ->
 
 
 class CeleryProcess:
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, app: str = "worker"
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", *args],
+            [sys.executable, "-m", "celery", "-A", app, *args],
             env=env,
             cwd=log_path.parent,
             stdout=self._log,
@@ -60,7 +62,9 @@ class CeleryProcess:
 
     def stop(self, timeout: float = 30) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # SIGTERM to the main process alone: Celery's warm shutdown, which lets the pool
+            # finish its tasks (a signal to the whole group would kill the pool under it).
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -91,16 +95,37 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout} s waiting for {what}{log}")
 
 
-@contextmanager
-def celery_worker(
-    env: dict[str, str], workdir: Path, *args: str, name: str = "worker"
-) -> Iterator[CeleryProcess]:
-    """A running `celery -A worker worker`, ready to consume when this yields."""
-    process = CeleryProcess(
-        ["worker", "--loglevel", "INFO", "--concurrency", "1", "--hostname", f"{name}@%h", *args],
+def start_worker(
+    env: dict[str, str],
+    workdir: Path,
+    *args: str,
+    name: str = "worker",
+    concurrency: int = 1,
+    app: str = "worker",
+) -> CeleryProcess:
+    """Start `celery -A worker worker` (the caller stops it); does not wait for it."""
+    return CeleryProcess(
+        [
+            "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+            "--hostname", f"{name}@%h", *args,
+        ],
         env,
         workdir / f"{name}.log",
-    )
+        app=app,
+    )  # fmt: skip
+
+
+@contextmanager
+def celery_worker(
+    env: dict[str, str],
+    workdir: Path,
+    *args: str,
+    name: str = "worker",
+    concurrency: int = 1,
+    app: str = "worker",
+) -> Iterator[CeleryProcess]:
+    """A running `celery -A worker worker`, ready to consume when this yields."""
+    process = start_worker(env, workdir, *args, name=name, concurrency=concurrency, app=app)
     try:
         process.wait_for_log("ready.")
         yield process

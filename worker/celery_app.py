@@ -13,13 +13,21 @@ from worker.settings import Settings, parse_cron
 
 SWEEP_TASK = "tasks.expire_due_pairings"
 
+# Under an orchestrator's usual 30 s grace period (docs/operating.md).
+SOFT_SHUTDOWN_SECONDS = 20.0
+
+
 # Time limits, ordered soft < hard < the broker's visibility timeout. A sweep commits batch by
 # batch, so one that is stopped loses nothing; the limits only stop a wedged one. The visibility
 # timeout must exceed the hard limit or Redis would hand a still-running late-acked sweep to a
-# second worker.
-SOFT_TIME_LIMIT_SECONDS = 25 * 60
-HARD_TIME_LIMIT_SECONDS = 30 * 60
-VISIBILITY_TIMEOUT_SECONDS = 60 * 60
+# second worker, so both limits are derived from it: hard = half of it, soft = 5/6 of hard
+# (25 and 30 minutes for the default hour).
+
+
+def time_limits(visibility_timeout: float) -> tuple[float, float]:
+    """(soft, hard) task time limits for a broker visibility timeout, in seconds."""
+    hard = visibility_timeout / 2
+    return hard * 5 / 6, hard
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -43,16 +51,33 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     return schedule
 
 
-def broker_transport_options(broker_url: str) -> dict[str, Any]:
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
     # Only Redis (and SQS) redeliver unacknowledged messages after a visibility timeout; other
     # transports reject the option.
-    if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
-        return {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    if settings.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        visibility = settings.visibility_timeout_seconds
+        return {
+            "visibility_timeout": visibility,
+            # kombu looks for messages older than the visibility timeout every interval x
+            # throttle seconds (100 s by default); never look less often than the timeout itself.
+            "unacked_restore_interval": min(10, max(1, int(visibility / 10))),
+            "unacked_restore_throttle": 1 if visibility < 1000 else 10,
+            # The lock around that look lapses after this long; a worker killed while holding
+            # it would otherwise hold up every redelivery for kombu's default 5 minutes.
+            "unacked_mutex_expire": int(min(300, max(1, visibility / 2))),
+        }
     return {}
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("tep", broker=settings.broker_url, backend=settings.result_backend)
+    soft_limit, hard_limit = time_limits(settings.visibility_timeout_seconds)
+    app = Celery(
+        "tep",
+        broker=settings.broker_url,
+        backend=settings.result_backend,
+        # Counts the deliveries of late-acknowledged messages and refuses one past the cap.
+        task_cls="worker.delivery:CappedDeliveryTask",
+    )
     app.conf.update(
         include=["tasks"],
         # JSON only: a pickled message is refused, never executed.
@@ -67,13 +92,19 @@ def create_app(settings: Settings) -> Celery:
         # One message at a time per worker process: a sweep is long, and a prefetched second
         # sweep would only wait behind it (and be redelivered if the worker died).
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=SOFT_TIME_LIMIT_SECONDS,
-        task_time_limit=HARD_TIME_LIMIT_SECONDS,
-        broker_transport_options=broker_transport_options(settings.broker_url),
+        task_soft_time_limit=soft_limit,
+        task_time_limit=hard_limit,
+        broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        # A task whose process died is failed, not put back: a message that kills its worker
-        # every time must not be redelivered forever. The next sweep picks up what it left.
+        # Soft shutdown (a cold shutdown: SIGQUIT, Ctrl-C, or SIGTERM with REMAP_SIGTERM=SIGQUIT):
+        # a running sweep gets this long to finish, then its unacknowledged message goes back to
+        # the queue for another worker. Committed batches stay committed either way. A warm
+        # shutdown (plain SIGTERM) waits for the sweep however long it takes.
+        worker_soft_shutdown_timeout=SOFT_SHUTDOWN_SECONDS,
+        # A task whose pool process died is failed, not put back: a message that kills its
+        # process every time must not be redelivered forever. The next sweep picks up what it
+        # left. (When the whole worker dies, Redis redelivers; worker/delivery.py caps that.)
         task_reject_on_worker_lost=False,
         task_track_started=True,
         result_expires=dt.timedelta(days=7),

@@ -25,6 +25,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from models import Enrollment, TemporaryEnrollmentPairing, transaction, utcnow
 from tasks import lifecycle
 from worker import runtime
+from worker.restore_cli import restore
 from worker.settings import SettingsError, get_settings
 
 # Below this many due enrollments a progress bar would only flicker.
@@ -255,6 +256,9 @@ def pairings_table(pairing_ids: list[int]) -> Table:
                 ", ".join(states),
             )
     return table
+
+
+cli.command()(restore)  # tep restore PAIRING_ID [--end-at ISO]: worker/restore_cli.py
 
 
 def complain(message: str) -> None:

@@ -6,6 +6,7 @@ A bad value refuses to start with one clear line (:func:`load_settings` raises
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from functools import lru_cache
 
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     # The Celery queue the tasks and beat use (lets several deployments share one broker).
     queue: str = Field(default="tep", min_length=1)
+    # Seconds Redis waits for a late acknowledgement before handing the message to another
+    # worker; the task time limits are derived from it (see worker/celery_app.py).
+    visibility_timeout_seconds: float = Field(default=3600, ge=1)
+    # Deliveries of one late-acknowledged message before it is refused (worker/delivery.py).
+    max_deliveries: int = Field(default=3, ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -100,12 +106,19 @@ class Settings(BaseSettings):
         return value
 
 
+def redact(value: object) -> object:
+    """A setting's value fit for a log or an error line: a URL's password becomes `***`."""
+    if isinstance(value, str) and "://" in value:
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", value)
+    return value
+
+
 def _one_line(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         name = "TEP_" + "_".join(str(part) for part in item["loc"]).upper()
         message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{name}={item.get('input')!r}: {message}")
+        problems.append(f"{name}={redact(item.get('input'))!r}: {message}")
     return "invalid settings: " + "; ".join(problems)
 
 
