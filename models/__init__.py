@@ -21,6 +21,7 @@ from models.entities import (
     TemporaryEnrollmentPairing,
     User,
 )
+from models.notify import Notice, WebhookDelivery, WebhookReceiver
 
 __all__ = [
     "DEFAULT_ENDING_ENROLLMENT_STATE",
@@ -43,6 +44,9 @@ __all__ = [
     "TemporaryEnrollmentPairing",
     "UTCDateTime",
     "User",
+    "Notice",
+    "WebhookDelivery",
+    "WebhookReceiver",
     "make_engine",
     "make_sessionmaker",
     "normalize_url",
