@@ -21,7 +21,17 @@ from models.entities import (
     TemporaryEnrollmentPairing,
     User,
 )
-from models.notify import Notice, WebhookDelivery, WebhookReceiver
+from models.notify import (
+    NOTICE_BEFORE_END,
+    NOTICE_ENDED,
+    NOTICE_FAILED,
+    NOTICE_PENDING,
+    NOTICE_SENT,
+    NOTICE_SKIPPED,
+    Notice,
+    WebhookDelivery,
+    WebhookReceiver,
+)
 
 __all__ = [
     "DEFAULT_ENDING_ENROLLMENT_STATE",
@@ -29,6 +39,12 @@ __all__ = [
     "ENROLLMENT_STATES",
     "ENROLLMENT_TYPES",
     "LIVE_ENROLLMENT_STATES",
+    "NOTICE_BEFORE_END",
+    "NOTICE_ENDED",
+    "NOTICE_FAILED",
+    "NOTICE_PENDING",
+    "NOTICE_SENT",
+    "NOTICE_SKIPPED",
     "PAIRING_STATES",
     "UTC",
     "AccessToken",
@@ -38,13 +54,13 @@ __all__ = [
     "Course",
     "CourseSection",
     "Enrollment",
+    "Notice",
     "Pseudonym",
     "StateChange",
     "SweepRun",
     "TemporaryEnrollmentPairing",
     "UTCDateTime",
     "User",
-    "Notice",
     "WebhookDelivery",
     "WebhookReceiver",
     "make_engine",

@@ -41,7 +41,13 @@ ENROLLMENT_EXPIRED = "enrollment.expired"
 PAIRING_ENDED = "pairing.ended"
 PAIRING_DELETED = "pairing.deleted"
 PAIRING_RESTORED = "pairing.restored"
-EVENT_TYPES = (PAIRING_CREATED, ENROLLMENT_EXPIRED, PAIRING_ENDED, PAIRING_DELETED, PAIRING_RESTORED)
+EVENT_TYPES = (
+    PAIRING_CREATED,
+    ENROLLMENT_EXPIRED,
+    PAIRING_ENDED,
+    PAIRING_DELETED,
+    PAIRING_RESTORED,
+)
 
 # The audit row of a creation: a pairing coming into existence, as Rails calls an unsaved record.
 REASON_CREATED = "created"

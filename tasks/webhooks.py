@@ -185,7 +185,9 @@ def due_events(
     return list(session.execute(stmt))
 
 
-def post_event(client: httpx.Client, url: str, secret: str, event: Event) -> tuple[int | None, str | None]:
+def post_event(
+    client: httpx.Client, url: str, secret: str, event: Event
+) -> tuple[int | None, str | None]:
     """POST one event; returns (HTTP status, error), error None when the receiver took it."""
     body = body_of(event)
     headers = {
@@ -269,9 +271,7 @@ def advance_low_water(session: Session, receiver_id: int, low: int, now: dt.date
     return max(new_low, low)
 
 
-def release(
-    session: Session, receiver_id: int, owner: str, low: int, now: dt.datetime
-) -> None:
+def release(session: Session, receiver_id: int, owner: str, low: int, now: dt.datetime) -> None:
     new_low = advance_low_water(session, receiver_id, low, now)
     session.execute(
         update(WebhookReceiver)

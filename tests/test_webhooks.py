@@ -32,9 +32,7 @@ def seed_changes(session: Session, factory: sessionmaker[Session]) -> dict[str, 
     return {"due": due.id, "deleted": deleted.id, "enrollments": len(due_enrollments)}
 
 
-def test_every_change_is_one_signed_event(
-    factory: sessionmaker[Session], session: Session
-) -> None:
+def test_every_change_is_one_signed_event(factory: sessionmaker[Session], session: Session) -> None:
     ids = seed_changes(session, factory)
 
     with webhook_receiver() as receiver:
