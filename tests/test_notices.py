@@ -57,7 +57,9 @@ def test_pre_expiry_notices_reach_recipient_and_creator_once_per_threshold(
 ) -> None:
     now = utcnow()
     root = f.account(session)
-    pairing = pairing_with_people(session, root, [now + 2 * DAY, now + 2 * DAY + dt.timedelta(hours=1)])
+    pairing = pairing_with_people(
+        session, root, [now + 2 * DAY, now + 2 * DAY + dt.timedelta(hours=1)]
+    )
     far = pairing_with_people(session, root, [now + 10 * DAY], n=1)  # no notice yet
     session.commit()
 
