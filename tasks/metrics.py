@@ -26,7 +26,6 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +51,7 @@ LATENESS_BUCKETS: tuple[float, ...] = (
 RECENT_RUNS = 1
 
 
-def seconds_between(session: Session, start: Any, end: Any) -> ColumnElement[float]:
+def seconds_between(session: Session, start: Any, end: Any) -> ColumnElement[Any]:
     """`end - start` in seconds, as SQL, on PostgreSQL and on SQLite (which stores ISO text)."""
     if session.get_bind().dialect.name == "postgresql":
         return func.extract("epoch", end - start)
@@ -252,7 +251,7 @@ class LifecycleCollector(Collector):
 
 
 def _bound(value: float) -> str:
-    return floatToGoString(value)
+    return str(float(value))  # as prometheus_client writes `le` (1 -> "1.0")
 
 
 def render_metrics(

@@ -29,6 +29,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import (
+    LIVE_ENROLLMENT_STATES,
     NOTICE_BEFORE_END,
     NOTICE_ENDED,
     NOTICE_FAILED,
@@ -69,7 +70,7 @@ class SmtpUnavailable(Exception):
 
 
 def backoff(attempts: int) -> dt.timedelta:
-    return min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_MAX)
+    return min(BACKOFF_BASE * (1 << max(attempts - 1, 0)), BACKOFF_MAX)
 
 
 def human(delta: dt.timedelta) -> str:
@@ -117,6 +118,7 @@ def plan_notices(session: Session, as_of: dt.datetime, thresholds: Sequence[dt.t
             .group_by(TemporaryEnrollmentPairing.id, TemporaryEnrollmentPairing.root_account_id)
         )
         for pairing_id, root, ends_at in upcoming:
+            assert ends_at is not None  # the due rule requires an end_at
             remaining = ends_at - as_of
             threshold = min(t for t in thresholds if remaining <= t)
             rows.append(_notice(pairing_id, root, NOTICE_BEFORE_END, threshold, ends_at, as_of))
@@ -211,7 +213,7 @@ def compose(session: Session, notice: Notice) -> Composed:
     )
     if notice.kind == NOTICE_BEFORE_END:
         stmt = stmt.where(
-            Enrollment.workflow_state.in_(lifecycle.LIVE_ENROLLMENT_STATES),
+            Enrollment.workflow_state.in_(LIVE_ENROLLMENT_STATES),
             Enrollment.end_at.is_not(None),
         )
     listed = session.execute(stmt).all()

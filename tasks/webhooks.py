@@ -142,15 +142,18 @@ def _receiver_ids(session: Session, urls: Sequence[str]) -> dict[str, int]:
 
 def claim(session: Session, receiver_id: int, owner: str, now: dt.datetime) -> int | None:
     """Take the receiver's lease; its low-water mark when taken, None when another run has it."""
-    taken = session.execute(
-        update(WebhookReceiver)
-        .where(
-            WebhookReceiver.id == receiver_id,
-            or_(WebhookReceiver.leased_until.is_(None), WebhookReceiver.leased_until < now),
+    taken = (
+        session.connection()
+        .execute(
+            update(WebhookReceiver)
+            .where(
+                WebhookReceiver.id == receiver_id,
+                or_(WebhookReceiver.leased_until.is_(None), WebhookReceiver.leased_until < now),
+            )
+            .values(leased_until=now + LEASE, lease_owner=owner)
         )
-        .values(leased_until=now + LEASE, lease_owner=owner)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .rowcount
+    )
     if not taken:
         return None
     return session.scalar(
@@ -257,10 +260,10 @@ def advance_low_water(session: Session, receiver_id: int, low: int, now: dt.date
         )
     )
     if first_open is not None:
-        new_low = first_open - 1
+        new_low: int = first_open - 1
     else:
-        new_low = session.scalar(select(func.max(StateChange.id)).where(StateChange.id > low))
-        new_low = new_low if new_low is not None else low
+        last = session.scalar(select(func.max(StateChange.id)).where(StateChange.id > low))
+        new_low = last if last is not None else low
     if new_low > low:
         session.execute(
             delete(WebhookDelivery).where(

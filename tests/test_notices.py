@@ -201,4 +201,4 @@ def test_durations_read_as_people_write_them() -> None:
     assert notices.human(dt.timedelta(days=1)) == "1 day"
     assert notices.human(dt.timedelta(hours=12)) == "12 hours"
     assert notices.human(dt.timedelta(weeks=1)) == "1 week"
-    assert THRESHOLDS == (dt.timedelta(days=3), dt.timedelta(days=1))
+    assert parse_thresholds("1d, 3d,1d") == (dt.timedelta(days=3), dt.timedelta(days=1))
