@@ -264,7 +264,10 @@ def render_metrics(
 
 
 def serve_metrics(
-    port: int, factory: sessionmaker[Session], webhook_urls: Sequence[str] = (), addr: str = ""
+    port: int,
+    factory: sessionmaker[Session],
+    webhook_urls: Sequence[str] = (),
+    addr: str = "0.0.0.0",
 ) -> Any:
     """Serve the metrics on `port` from a background thread (the worker's endpoint)."""
     from prometheus_client import start_http_server
