@@ -40,6 +40,8 @@ def deliver_webhooks() -> list[dict[str, Any]]:
     reports = webhooks.deliver_webhooks(
         runtime.session_factory(), settings.webhook_url_list, settings.webhook_secret
     )
+    if any(report.more for report in reports):
+        deliver_webhooks.delay()  # a backlog: carry on now rather than at the next tick
     return [report.to_json() for report in reports]
 
 

@@ -191,7 +191,9 @@ def record_pairing_created(
         reason=REASON_CREATED,
         run_id=run_id or lifecycle.new_run_id(),
         actor_id=actor_id if actor_id is not None else pairing.created_by_id,
-        created_at=pairing.created_at or utcnow(),
+        # The time of writing, not the pairing's created_at: the outbox's settle rule
+        # (tasks/webhooks.py) relies on audit rows being stamped when their transaction runs.
+        created_at=utcnow(),
     )
     session.add(row)
     session.flush()

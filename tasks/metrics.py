@@ -68,7 +68,8 @@ class LifecycleCollector(Collector):
             "tep_metrics_database_up", "1 when the metrics could be read from the database."
         )
         try:
-            with self.factory() as session:
+            # A reader: on SQLite a scrape must not take (or wait for) the sweep's write lock.
+            with webhooks.reader(self.factory)() as session:
                 metrics = list(self._collect(session))
                 session.rollback()
         except SQLAlchemyError as error:

@@ -48,7 +48,7 @@ from models import (
     utcnow,
 )
 from tasks import lifecycle
-from tasks.webhooks import insert_or_skip
+from tasks.webhooks import insert_or_skip, reader
 from worker.notify_settings import SmtpConfig
 
 log = logging.getLogger("tep.notices")
@@ -415,7 +415,7 @@ def _send_one(
     now: dt.datetime,
     report: NoticeReport,
 ) -> None:
-    with transaction(factory, commit=False) as session:
+    with reader(factory)() as session:
         notice = session.get(Notice, notice_id)
         assert notice is not None
         composed = compose(session, notice)

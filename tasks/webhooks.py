@@ -33,7 +33,14 @@ from sqlalchemy import Insert, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from models import StateChange, WebhookDelivery, WebhookReceiver, transaction, utcnow
+from models import (
+    StateChange,
+    WebhookDelivery,
+    WebhookReceiver,
+    make_sessionmaker,
+    transaction,
+    utcnow,
+)
 from tasks.events import Event, event_from_row, event_rows_query, is_event
 
 log = logging.getLogger("tep.webhooks")
@@ -48,9 +55,10 @@ READ_TIMEOUT_SECONDS = 5.0
 # (at-least-once: an event is never given up on; `tep status` shows what is waiting).
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 3600.0
-# A run stops taking new events after this long or this many per receiver (the next run, a few
-# seconds later, continues), so that it always finishes well inside its lease.
-RUN_MAX_SECONDS = 60.0
+# A run stops taking new events after this long or this many per receiver, so that it finishes
+# well inside its lease and never holds a worker process for long (sweeps may share the pool);
+# the task then enqueues the next run at once.
+RUN_MAX_SECONDS = 20.0
 RUN_MAX_EVENTS = 2000
 LEASE = dt.timedelta(minutes=5)
 # Outcomes are written every this many events: fewer, shorter write transactions.
@@ -77,6 +85,13 @@ def body_of(event: Event) -> bytes:
     return json.dumps(event.to_json(), separators=(",", ":"), sort_keys=True).encode()
 
 
+def reader(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions like `factory`'s that only read: on SQLite they do not take the write lock, so
+    reading the outbox never makes a sweep wait."""
+    bind = factory.kw.get("bind")
+    return make_sessionmaker(bind, read_only=True) if bind is not None else factory
+
+
 def insert_or_skip(session: Session, table: Any) -> Insert:
     """`INSERT ... ON CONFLICT DO NOTHING` for the session's database (PostgreSQL or SQLite)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -90,6 +105,7 @@ class ReceiverReport:
     delivered: int = 0
     failed: int = 0
     busy: bool = False  # another run held the receiver's lease
+    more: bool = False  # stopped at the run's limits with events still waiting
     last_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -304,12 +320,17 @@ def deliver_to(
         report.busy = True
         return report
     started = clock()
+    read = reader(factory)
     try:
         after = low
-        while report.delivered + report.failed < max_events and clock() - started < RUN_MAX_SECONDS:
-            with transaction(factory, commit=False) as session:
-                rows = due_events(session, receiver_id, after, now, RECORD_EVERY)
+        while True:
+            room = max_events - report.delivered - report.failed
+            with read() as session:
+                rows = due_events(session, receiver_id, after, now, min(RECORD_EVERY, room) or 1)
             if not rows:
+                break
+            if room <= 0 or clock() - started > RUN_MAX_SECONDS:
+                report.more = True
                 break
             outcomes: list[Outcome] = []
             failed = False

@@ -173,3 +173,15 @@ def test_event_types_from_audit_rows() -> None:
     assert webhooks.backoff(1) == dt.timedelta(seconds=5)
     assert webhooks.backoff(3) == dt.timedelta(seconds=20)
     assert webhooks.backoff(50) == dt.timedelta(hours=1)
+
+
+def test_a_run_stops_at_its_limit_and_says_there_is_more(
+    factory: sessionmaker[Session], session: Session
+) -> None:
+    seed_changes(session, factory)
+    with webhook_receiver() as receiver:
+        first = webhooks.deliver_webhooks(factory, [receiver.url], SECRET, max_events=3)[0]
+        rest = webhooks.deliver_webhooks(factory, [receiver.url], SECRET)[0]
+    assert (first.delivered, first.more) == (3, True)
+    assert (rest.delivered, rest.more) == (4, False)
+    assert len({d.event["id"] for d in receiver.all()}) == len(receiver.all()) == 7
