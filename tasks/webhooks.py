@@ -228,8 +228,17 @@ def record(
     session: Session, receiver_id: int, outcomes: Sequence[Outcome], now: dt.datetime
 ) -> None:
     """Write what happened to each event (the caller holds the receiver's lease)."""
+    tried = {
+        row.state_change_id: row
+        for row in session.scalars(
+            select(WebhookDelivery).where(
+                WebhookDelivery.receiver_id == receiver_id,
+                WebhookDelivery.state_change_id.in_([o.state_change_id for o in outcomes]),
+            )
+        )
+    }
     for outcome in outcomes:
-        row = session.get(WebhookDelivery, (receiver_id, outcome.state_change_id))
+        row = tried.get(outcome.state_change_id)
         if row is None:
             row = WebhookDelivery(
                 receiver_id=receiver_id,
