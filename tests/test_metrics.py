@@ -108,3 +108,30 @@ def test_an_empty_database_has_zeros_and_a_broken_one_says_so(
     broken = make_sessionmaker(make_engine(f"sqlite:///{tmp_path}/never-migrated.sqlite"))
     samples = scrape(broken)
     assert value(samples, "tep_metrics_database_up") == 0
+
+
+def test_the_grafana_dashboard_only_uses_metrics_we_serve(
+    factory: sessionmaker[Session], session: Session
+) -> None:
+    import re
+
+    from tests.processes import PROJECT_ROOT
+
+    root = f.account(session)
+    f.temporary_pairing(session, root, [utcnow() - HOUR])
+    session.commit()
+    lifecycle.run_sweep(factory)
+    # Families without samples yet (no receivers configured, no notices) count as served.
+    body, _ = metrics.render_metrics(factory)
+    served = {name for name, _ in scrape(factory)} | {
+        family.name for family in text_string_to_metric_families(body.decode())
+    }
+    dashboard = json.loads((PROJECT_ROOT / "deploy/grafana/tep-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\btep_[a-z_]+", target["expr"])
+    }
+    assert len(used) >= 10
+    assert used <= served, used - served
