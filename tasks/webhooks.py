@@ -130,9 +130,7 @@ def ensure_receivers(session: Session, urls: Sequence[str], now: dt.datetime) ->
     known = _receiver_ids(session, urls)
     missing = [url for url in urls if url not in known]
     if missing:
-        start = session.scalar(
-            select(func.max(StateChange.id)).where(StateChange.created_at <= now - SETTLE)
-        )
+        start = starting_point(session, now)
         session.execute(
             insert_or_skip(session, WebhookReceiver),
             [
@@ -147,6 +145,14 @@ def ensure_receivers(session: Session, urls: Sequence[str], now: dt.datetime) ->
         )
         known = _receiver_ids(session, urls)
     return known
+
+
+def starting_point(session: Session, now: dt.datetime) -> int:
+    """The low-water mark a new receiver starts at: the last settled event."""
+    start = session.scalar(
+        select(func.max(StateChange.id)).where(StateChange.created_at <= now - SETTLE)
+    )
+    return start or 0
 
 
 def _receiver_ids(session: Session, urls: Sequence[str]) -> dict[str, int]:
@@ -419,7 +425,7 @@ def undelivered_counts(session: Session, urls: Sequence[str]) -> dict[str, dict[
     result: dict[str, dict[str, Any]] = {}
     for url in urls:
         receiver = session.scalar(select(WebhookReceiver).where(WebhookReceiver.url == url))
-        low = receiver.low_water_state_change_id if receiver else 0
+        low = receiver.low_water_state_change_id if receiver else starting_point(session, utcnow())
         rid = receiver.id if receiver else -1
         tried = aliased(WebhookDelivery)
         base = (
