@@ -39,10 +39,17 @@ class Delivery:
 
 
 class WebhookReceiver:
-    """Records every POST; answers 500 to the first `fail_first` of them, 204 afterwards."""
+    """Records every POST; answers 500 to the first `fail_first` of them, 204 afterwards.
 
-    def __init__(self, fail_first: int = 0) -> None:
+    With `hold`, it answers nothing until `release` is set (a receiver that hangs); `holding` is
+    set once a request is being held.
+    """
+
+    def __init__(self, fail_first: int = 0, hold: bool = False) -> None:
         self.fail_first = fail_first
+        self.hold = hold
+        self.holding = threading.Event()
+        self.release = threading.Event()
         self.deliveries: list[Delivery] = []
         self._lock = threading.Lock()
         receiver = self
@@ -50,6 +57,9 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if receiver.hold:
+                    receiver.holding.set()
+                    receiver.release.wait()
                 with receiver._lock:
                     status = 500 if len(receiver.deliveries) < receiver.fail_first else 204
                     receiver.deliveries.append(
@@ -75,13 +85,14 @@ class WebhookReceiver:
 
 
 @contextmanager
-def webhook_receiver(fail_first: int = 0) -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver(fail_first)
+def webhook_receiver(fail_first: int = 0, hold: bool = False) -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(fail_first, hold)
     thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
     thread.start()
     try:
         yield receiver
     finally:
+        receiver.release.set()
         receiver.server.shutdown()
         receiver.server.server_close()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import threading
 
+import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -185,3 +187,35 @@ def test_a_run_stops_at_its_limit_and_says_there_is_more(
     assert (first.delivered, first.more) == (3, True)
     assert (rest.delivered, rest.more) == (4, False)
     assert len({d.event["id"] for d in receiver.all()}) == len(receiver.all()) == 7
+
+
+def test_a_hanging_receiver_does_not_hold_up_a_sweep(
+    factory: sessionmaker[Session], session: Session
+) -> None:
+    seed_changes(session, factory)
+    now = utcnow()
+    root = f.account(session)
+    later, _ = f.temporary_pairing(session, root, [now - DAY])
+    session.commit()
+
+    # A client that waits as long as the receiver holds on, so the test does not race a timeout.
+    patient = httpx.Client(timeout=600)
+    with webhook_receiver(hold=True) as receiver:
+        delivery = threading.Thread(
+            target=webhooks.deliver_webhooks,
+            args=(factory, [receiver.url], SECRET),
+            kwargs={"client": patient},
+        )
+        delivery.start()
+        assert receiver.holding.wait(timeout=60)  # a POST is in flight, unanswered
+        # The sweep commits while the delivery waits on the receiver: no lock is held across it.
+        summary = lifecycle.run_sweep(factory, as_of=now)
+        assert delivery.is_alive()
+        receiver.release.set()
+        delivery.join(timeout=60)
+    patient.close()
+
+    assert summary.pairings_ended == 1
+    with factory() as reader:
+        pairing = reader.get(lifecycle.Pairing, later.id)
+    assert pairing is not None and pairing.workflow_state == "ended"
