@@ -178,6 +178,8 @@ class Composed:
     cc: list[str]
     subject: str
     text: str
+    # Why the notice is no longer worth sending (the pairing ended before its warning went out).
+    obsolete: str | None = None
 
     @property
     def recipients(self) -> list[str]:
@@ -217,6 +219,14 @@ def compose(session: Session, notice: Notice) -> Composed:
             Enrollment.end_at.is_not(None),
         )
     listed = session.execute(stmt).all()
+    obsolete = None
+    ends_at = notice.ends_at
+    if notice.kind == NOTICE_BEFORE_END:
+        if pairing.workflow_state != "active" or not listed:
+            obsolete = f"pairing is {pairing.workflow_state} with nothing left to end"
+        else:
+            # The current first end: an end_at moved since the notice was planned is what counts.
+            ends_at = min(e.end_at for e, _ in listed if e.end_at is not None)
     recipient_ids = list(dict.fromkeys(e.user_id for e, _ in listed))
     provider_ids = [e.temporary_enrollment_source_user_id for e, _ in listed]
     people = {
@@ -253,7 +263,7 @@ def compose(session: Session, notice: Notice) -> Composed:
         within = human(dt.timedelta(seconds=notice.threshold_seconds))
         subject = f"Temporary access ends in {within}: {course_names}"
         opening = (
-            f"The temporary access of {names} in {where}ends on {when(notice.ends_at)}, "
+            f"The temporary access of {names} in {where}ends on {when(ends_at)}, "
             f"within {within}. "
             f"These enrollments will then become {ending!r}:"
         )
@@ -277,7 +287,7 @@ def compose(session: Session, notice: Notice) -> Composed:
             "You receive this because you are the recipient or created the pairing.",
         ]
     )
-    return Composed(to=to, cc=cc, subject=subject, text=text + "\n")
+    return Composed(to=to, cc=cc, subject=subject, text=text + "\n", obsolete=obsolete)
 
 
 def message_of(composed: Composed, notice: Notice, mail_from: str) -> EmailMessage:
@@ -428,7 +438,10 @@ def _send_one(
         "subject": composed.subject,
         "recipients": ", ".join(composed.recipients),
     }
-    if not composed.recipients:
+    if composed.obsolete:
+        values.update(workflow_state=NOTICE_SKIPPED, last_error=composed.obsolete)
+        report.skipped += 1
+    elif not composed.recipients:
         values.update(workflow_state=NOTICE_SKIPPED, last_error="no active email address")
         report.skipped += 1
         log.warning("notice %s for pairing %s: nobody to send it to", notice_id, pairing_id)

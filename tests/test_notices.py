@@ -202,3 +202,23 @@ def test_durations_read_as_people_write_them() -> None:
     assert notices.human(dt.timedelta(hours=12)) == "12 hours"
     assert notices.human(dt.timedelta(weeks=1)) == "1 week"
     assert parse_thresholds("1d, 3d,1d") == (dt.timedelta(days=3), dt.timedelta(days=1))
+
+
+def test_a_warning_for_a_pairing_that_ended_meanwhile_is_not_sent(
+    factory: sessionmaker[Session], session: Session
+) -> None:
+    now = utcnow()
+    root = f.account(session)
+    pairing = pairing_with_people(session, root, [now + DAY / 2])
+    session.commit()
+    with factory.begin() as writer:
+        notices.plan_notices(writer, now, THRESHOLDS)
+        lifecycle.end_pairing(writer, pairing.id, as_of=now, delete=True)
+
+    with smtp_server() as (box, url):
+        report = notices.send_notices(factory, parse_smtp_url(url), MAIL_FROM, now=now)
+        assert box.all() == []
+    assert report.skipped == 1
+    session.commit()
+    notice = session.scalars(select(Notice)).one()
+    assert notice.workflow_state == "skipped" and "deleted" in (notice.last_error or "")
