@@ -246,17 +246,21 @@ def compose(session: Session, notice: Notice) -> Composed:
     account = session.get(Account, pairing.root_account_id)
     names = ", ".join(people[u].name for u in recipient_ids if u in people) or "the recipient"
     ending = lifecycle.resolve_ending_state(pairing.ending_enrollment_state) or "deleted"
-    courses = [
-        f"  - {course.name}{f' ({course.course_code})' if course.course_code else ''}: "
-        f"{enrollment.type}"
-        + (f", ends {when(enrollment.end_at)}" if enrollment.end_at else "")
-        + (
-            f", in place of {people[enrollment.temporary_enrollment_source_user_id].name}"
-            if enrollment.temporary_enrollment_source_user_id in people
-            else ""
-        )
-        for enrollment, course in listed
-    ]
+    before = notice.kind == NOTICE_BEFORE_END
+
+    def course_line(enrollment: Enrollment, course: Course) -> str:
+        code = f" ({course.course_code})" if course.course_code else ""
+        line = f"  - {course.name}{code}: {enrollment.type}"
+        if enrollment.end_at is not None:
+            line += f", {'ends' if before else 'until'} {when(enrollment.end_at)}"
+        provider = people.get(enrollment.temporary_enrollment_source_user_id or -1)
+        if provider is not None:
+            line += f", in place of {provider.name}"
+        if not before:
+            line += f" (now {enrollment.workflow_state})"
+        return line
+
+    courses = [course_line(enrollment, course) for enrollment, course in listed]
     course_names = ", ".join(dict.fromkeys(course.name for _, course in listed))
     where = f"{account.name} " if account else ""
     if notice.kind == NOTICE_BEFORE_END:
