@@ -9,6 +9,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from worker import runtime
+from worker.events import events_beat_schedule
 from worker.settings import Settings, parse_cron
 
 SWEEP_TASK = "tasks.expire_due_pairings"
@@ -48,6 +49,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": parse_cron(settings.nightly_cron),
             "kwargs": {"trigger": "nightly"},
         }
+    schedule.update(events_beat_schedule(settings))
     return schedule
 
 
@@ -79,7 +81,7 @@ def create_app(settings: Settings) -> Celery:
         task_cls="worker.delivery:CappedDeliveryTask",
     )
     app.conf.update(
-        include=["tasks"],
+        include=["tasks", "tasks.delivery"],
         # JSON only: a pickled message is refused, never executed.
         task_serializer="json",
         result_serializer="json",

@@ -27,6 +27,7 @@ from tasks import lifecycle
 from worker import runtime
 from worker.restore_cli import restore
 from worker.settings import SettingsError, get_settings
+from worker.status import status
 
 # Below this many due enrollments a progress bar would only flicker.
 PROGRESS_BAR_MIN_DUE = 5000
@@ -42,6 +43,7 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+cli.command()(status)
 
 out = Console()
 err = Console(stderr=True)

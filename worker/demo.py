@@ -17,6 +17,7 @@ from models import (
     TemporaryEnrollmentPairing,
     User,
 )
+from tasks.events import record_pairing_created
 
 # How far ahead the "about to expire" pairing ends, so that a worker started right after seeding
 # is seen expiring it live on its next beat tick.
@@ -81,6 +82,7 @@ def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
         )
         session.add(record)
         session.flush()
+        record_pairing_created(session, record, admin.id)  # the `pairing.created` event
         for (course, section), offset in zip(courses, end_ats, strict=False):
             session.add(
                 Enrollment(

@@ -6,15 +6,18 @@ A bad value refuses to start with one clear line (:func:`load_settings` raises
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import zoneinfo
 from functools import lru_cache
 
 from celery.schedules import crontab
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from worker import notify_settings
 
 DEFAULT_DATABASE_URL = "sqlite:///tep.sqlite"
 # kombu's SQLAlchemy transport: a broker in an SQLite file, so nothing else needs to run.
@@ -68,6 +71,47 @@ class Settings(BaseSettings):
     # Deliveries of one late-acknowledged message before it is refused (worker/delivery.py).
     max_deliveries: int = Field(default=3, ge=1)
 
+    # Events and notices (DESIGN.md section 5); parsed and checked by worker/notify_settings.py.
+    webhook_urls: str = ""  # comma-separated; none by default
+    webhook_secret: str = Field(default="", validate_default=True)
+    # Seconds between webhook delivery runs (a sweep that changed something also starts one).
+    webhook_interval_seconds: float = Field(default=10, gt=0)
+    smtp_url: str = ""  # smtp://[user:password@]host:port; mail is off when unset
+    mail_from: str = "tep@localhost"
+    notify_before: str = "3d,1d"  # pre-expiry notice thresholds; empty turns them off
+    notify_interval_seconds: float = Field(default=300, gt=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no worker endpoint
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: str) -> str:
+        return ",".join(notify_settings.parse_webhook_urls(value))
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("webhook_urls") and not value:
+            raise ValueError("set a secret to sign webhooks with when TEP_WEBHOOK_URLS is set")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str) -> str:
+        if value.strip():
+            notify_settings.parse_smtp_url(value.strip())
+        return value.strip()
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        return notify_settings.check_address(value)
+
+    @field_validator("notify_before")
+    @classmethod
+    def _notify_before(cls, value: str) -> str:
+        notify_settings.parse_thresholds(value)
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -96,6 +140,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a cron line: {exc}") from None
         return value.strip()
 
+    @property
+    def webhook_url_list(self) -> list[str]:
+        return notify_settings.parse_webhook_urls(self.webhook_urls)
+
+    @property
+    def smtp(self) -> notify_settings.SmtpConfig | None:
+        return notify_settings.parse_smtp_url(self.smtp_url) if self.smtp_url else None
+
+    @property
+    def notice_thresholds(self) -> tuple[dt.timedelta, ...]:
+        return notify_settings.parse_thresholds(self.notify_before)
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
@@ -113,12 +169,17 @@ def redact(value: object) -> object:
     return value
 
 
+# Never echoed back in an error line at all.
+_SECRET_SETTINGS = ("TEP_WEBHOOK_SECRET", "TEP_SMTP_URL")
+
+
 def _one_line(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         name = "TEP_" + "_".join(str(part) for part in item["loc"]).upper()
         message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{name}={redact(item.get('input'))!r}: {message}")
+        shown = "***" if name in _SECRET_SETTINGS else repr(redact(item.get("input")))
+        problems.append(f"{name}={shown}: {message}")
     return "invalid settings: " + "; ".join(problems)
 
 
