@@ -32,6 +32,7 @@ from tasks.lifecycle import (
     new_run_id,
     require_aware,
 )
+from tasks.events import REASON_CREATED
 
 REASON_RESTORED = "restored"
 
@@ -73,6 +74,8 @@ def undo_stack(changes: Sequence[StateChange]) -> list[list[StateChange]]:
         runs.setdefault(change.run_id, []).append(change)
     stack: list[list[StateChange]] = []
     for rows in runs.values():
+        if rows[0].reason == REASON_CREATED:
+            continue  # a pairing's creation is history, not a change to undo (state `new`)
         if rows[0].reason == REASON_RESTORED:
             if stack:
                 stack.pop()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Enrollment, StateChange, TemporaryEnrollmentPairing, transaction, utcnow
 from tasks import lifecycle, restore
+from tasks.events import record_pairing_created
 from tests import factories as f
 from tests.processes import PROJECT_ROOT
 
@@ -195,6 +196,23 @@ def tep(url: str, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def test_restore_never_undoes_the_creation_of_a_pairing(
+    factory: sessionmaker[Session], session: Session
+) -> None:
+    root = f.account(session)
+    pairing, _ = f.temporary_pairing(session, root, [T - DAY])
+    record_pairing_created(session, pairing)
+    original = snapshot(session, pairing.id)
+    with pytest.raises(restore.NothingToRestore, match="active and has no recorded change"):
+        restore_now(factory, pairing.id)
+
+    lifecycle.run_sweep(factory, as_of=T)
+    restore_now(factory, pairing.id)
+    assert snapshot(session, pairing.id) == original
+    with pytest.raises(restore.NothingToRestore):
+        restore_now(factory, pairing.id)  # the `created` row stays; it is not a state to go to
 
 
 def test_tep_restore_command(
