@@ -120,26 +120,26 @@ def authenticate(
             .join(Account, Account.id == AccessToken.root_account_id)
             .where(AccessToken.crypted_token == hash_token(credentials.credentials))
         ).one_or_none()
-    if row is None:
-        raise _unauthenticated("Invalid access token.")
-    token, account_state = row
-    if token.workflow_state != "active" or account_state == "deleted":
-        raise _unauthenticated("Invalid access token.")
-    if token.expires_at is not None and token.expires_at <= now:
-        raise _unauthenticated("Invalid access token.")
-    scopes = tuple(json.loads(token.scopes)) if token.scopes else None
-    if scopes is not None:
+        if row is None:
+            raise _unauthenticated("Invalid access token.")
+        token, account_state = row
+        if token.workflow_state != "active" or account_state == "deleted":
+            raise _unauthenticated("Invalid access token.")
+        if token.expires_at is not None and token.expires_at <= now:
+            raise _unauthenticated("Invalid access token.")
+        caller = Caller(
+            token_id=token.id,
+            user_id=token.user_id,
+            root_account_id=token.root_account_id,
+            scopes=tuple(json.loads(token.scopes)) if token.scopes else None,
+        )
+    if caller.scopes is not None:
         route = request.scope.get("route")
         path = getattr(route, "path", request.url.path)
-        if route_scope(request.method, path) not in scopes:
+        if route_scope(request.method, path) not in caller.scopes:
             # No WWW-Authenticate: the token is good, it just may not do this.
             raise ApiError(401, "Insufficient scopes on access token.")
-    return Caller(
-        token_id=token.id,
-        user_id=token.user_id,
-        root_account_id=token.root_account_id,
-        scopes=scopes,
-    )
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]

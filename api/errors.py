@@ -7,7 +7,6 @@ a client never has to parse a second error format.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,8 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("tep.api")
 
 # Canvas marks a 401 caused by the token itself (missing, unknown, expired) with this header;
 # canvasapi raises InvalidAccessToken for it, and Unauthorized for a 401 without it.
@@ -90,8 +87,9 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, [message], exc.headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+    # Starlette re-raises the exception after this response is sent, so the server logs the
+    # traceback once; logging it here too would only double it.
     return error_response(500, ["An error occurred; it has been logged."])
 
 
