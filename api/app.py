@@ -39,7 +39,7 @@ def known_scopes() -> list[str]:
         route_scope(method, route.path)
         for router in ROUTERS
         for route in router.routes
-        if isinstance(route, APIRoute)
+        if isinstance(route, APIRoute) and route.include_in_schema
         for method in route.methods
     )
 

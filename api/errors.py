@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 # Canvas marks a 401 caused by the token itself (missing, unknown, expired) with this header;
 # canvasapi raises InvalidAccessToken for it, and Unauthorized for a 401 without it.
@@ -79,12 +80,26 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, messages or ["invalid request"])
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> str:
+    """Every method some route accepts at this path. Starlette's own `Allow` names only the
+    first route that matched the path, and FastAPI makes one route per method."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and message == "Not Found":
         message = "The specified resource does not exist."
-    return error_response(exc.status_code, [message], exc.headers)
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return error_response(exc.status_code, [message], headers)
 
 
 async def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:

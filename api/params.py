@@ -45,12 +45,17 @@ def split_name(name: str) -> list[str]:
 
 
 def _insert(target: dict[str, Any], name: str, value: Any) -> None:
+    if not name or name.startswith("["):
+        raise bad_request("a parameter has no name")
     keys = split_name(name)
     is_list = len(keys) > 1 and keys[-1] == ""
     if is_list:
         keys = keys[:-1]
     if "" in keys:
-        raise bad_request(f"parameter {name}: arrays of hashes are not supported")
+        # No parameter of this API has an empty name or is an array of hashes (`a[][b]`): keep
+        # such a pair under its literal name, where nothing reads it, rather than refuse the
+        # request for a parameter it does not need.
+        keys, is_list = [name], False
     node = target
     for i, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
@@ -284,6 +289,19 @@ DATE_TIME = {"type": "string", "format": "date-time"}
 BOOLEAN = {"type": "boolean"}
 
 
+def value_schema(field: Field, *, nullable: bool) -> dict[str, Any]:
+    """The schema of a field's value as read: an optional field may also be blank (`""`, as a
+    form sends an empty input) or, in JSON, null; both mean "not given", as in Rails."""
+    if field.required or field.schema.get("type") == "array":
+        if field.schema.get("type") == "string" and "enum" not in field.schema:
+            return {**field.schema, "minLength": 1}
+        return field.schema
+    options: list[dict[str, Any]] = [field.schema, {"type": "string", "const": ""}]
+    if nullable:
+        options.append({"type": "null"})
+    return {"anyOf": options}
+
+
 def query_parameters(fields: Sequence[Field]) -> list[dict[str, Any]]:
     parameters = []
     for field in fields:
@@ -292,7 +310,7 @@ def query_parameters(fields: Sequence[Field]) -> list[dict[str, Any]]:
             "in": "query",
             "required": field.required,
             "description": field.description,
-            "schema": field.schema,
+            "schema": value_schema(field, nullable=False),
         }
         if field.schema.get("type") == "array":
             parameter.update(style="form", explode=True)
@@ -308,12 +326,18 @@ def request_body(fields: Sequence[Field], *, required: bool) -> dict[str, Any]:
         form["required"] = form_required
     nested: dict[str, Any] = {"type": "object", "properties": {}}
     for field in fields:
-        form["properties"][field.name] = {**field.schema, "description": field.description}
+        form["properties"][field.name] = {
+            **value_schema(field, nullable=False),
+            "description": field.description,
+        }
         keys = [key for key in split_name(field.name) if key]
         node = nested
         for key in keys[:-1]:
             node = node["properties"].setdefault(key, {"type": "object", "properties": {}})
-        node["properties"][keys[-1]] = {**field.schema, "description": field.description}
+        node["properties"][keys[-1]] = {
+            **value_schema(field, nullable=True),
+            "description": field.description,
+        }
         if field.required:
             node.setdefault("required", []).append(keys[-1])
             # Every enclosing hash is then required too.
@@ -326,9 +350,21 @@ def request_body(fields: Sequence[Field], *, required: bool) -> dict[str, Any]:
         "required": required,
         "content": {
             "application/x-www-form-urlencoded": {"schema": form},
-            "application/json": {"schema": nested},
+            "application/json": {"schema": _nullable_hashes(nested)},
         },
     }
+
+
+def _nullable_hashes(node: dict[str, Any]) -> dict[str, Any]:
+    """In JSON an optional hash may be null too (`{"course": null}` gives no course fields)."""
+    properties = node.get("properties", {})
+    for key, child in properties.items():
+        if child.get("type") == "object":
+            child = _nullable_hashes(child)
+            if key not in node.get("required", []):
+                child = {"anyOf": [child, {"type": "null"}]}
+            properties[key] = child
+    return node
 
 
 def documented(

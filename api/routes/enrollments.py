@@ -140,9 +140,8 @@ LIST_FIELDS = (
 )
 TASK_DOC = (
     "What to do: `conclude` (completed), `delete` (deleted), `deactivate` or `inactivate` "
-    f"(inactive). Default `{DEFAULT_TASK}`. Also accepted in a form or JSON body."
+    f"(inactive). Default `{DEFAULT_TASK}`. In the query string (`?task=delete`) or the body."
 )
-DELETE_QUERY = (Field("task", string_schema(tuple(TASK_STATES)), TASK_DOC),)
 DELETE_BODY = (Field("task", string_schema(tuple(TASK_STATES)), TASK_DOC),)
 
 
@@ -430,7 +429,7 @@ def _locked(session: Session, model: Any, id_: int) -> Any:
     response_model=EnrollmentJson,
     summary="Conclude, deactivate, or delete an enrollment",
     responses=error_responses(),
-    openapi_extra=documented(query=DELETE_QUERY, body=DELETE_BODY),
+    openapi_extra=documented(body=DELETE_BODY),
     tags=["Enrollments"],
 )
 def delete_enrollment(

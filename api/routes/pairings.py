@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from api.auth import CallerDep
 from api.context import AccountIdPath, error_responses, find_account, id_path
 from api.db import DatabaseDep
-from api.errors import not_found, unprocessable
+from api.errors import ApiError, not_found, unprocessable
 from api.pagination import FIELDS as PAGE_FIELDS
 from api.pagination import LINK_HEADER_DOC, paginate, requested_page
 from api.params import Field, Params, documented, read_params, string_schema
@@ -128,6 +128,15 @@ def new_pairing(account_id: AccountIdPath, caller: CallerDep, db: DatabaseDep) -
         created_at=None,
         updated_at=None,
     )
+
+
+@router.api_route(
+    "/new", methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+def new_pairing_other_methods() -> None:
+    """`new` is not an id: without this, `DELETE .../new` would reach the delete route and be
+    refused as a bad id instead of as a method `new` does not have."""
+    raise ApiError(405, "Method Not Allowed", headers={"Allow": "GET"})
 
 
 @router.get(
