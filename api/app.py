@@ -40,7 +40,7 @@ def known_scopes() -> list[str]:
         for router in ROUTERS
         for route in router.routes
         if isinstance(route, APIRoute) and route.include_in_schema
-        for method in route.methods
+        for method in route.methods or ()
     )
 
 
@@ -64,4 +64,5 @@ def create_app(
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.state.api_routes = [route for router in ROUTERS for route in router.routes]
     return app

@@ -35,9 +35,7 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """A request the API refuses; `message` is shown to the client as is."""
 
-    def __init__(
-        self, status: int, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -84,7 +82,8 @@ def allowed_methods(request: Request) -> str:
     """Every method some route accepts at this path. Starlette's own `Allow` names only the
     first route that matched the path, and FastAPI makes one route per method."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    # The routes as declared (FastAPI nests included routers in `app.router.routes`).
+    for route in request.app.state.api_routes:
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
             methods |= getattr(route, "methods", None) or set()

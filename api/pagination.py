@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from fastapi import Request, Response
 from sqlalchemy import Row, Select, func, select
@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from api.errors import bad_request
 from api.params import Field, Params
+
+Ts = TypeVarTuple("Ts")
 
 DEFAULT_PER_PAGE = 10
 MAX_PER_PAGE = 100  # larger requests get this many, as Canvas does
@@ -70,11 +72,11 @@ def requested_page(params: Params) -> Page:
 
 def paginate(
     session: Session,
-    stmt: Select[Any],
+    stmt: Select[*Ts],
     page: Page,
     request: Request,
     response: Response,
-) -> Sequence[Row[Any]]:
+) -> Sequence[Row[*Ts]]:
     """One page of `stmt` (already ordered), and the `Link` header describing the others."""
     total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
     rows = session.execute(stmt.limit(page.per_page).offset(page.offset)).all()

@@ -215,9 +215,7 @@ def check_string(
     name: str, value: str, *, choices: Sequence[str] | None = None, max_length: int = MAX_STRING
 ) -> str:
     if choices is not None and value not in choices:
-        raise bad_request(
-            f"{name} {value!r} is not accepted; use one of: {', '.join(choices)}"
-        )
+        raise bad_request(f"{name} {value!r} is not accepted; use one of: {', '.join(choices)}")
     if len(value) > max_length:
         raise bad_request(f"{name} is longer than {max_length} characters")
     if "\x00" in value:

@@ -194,15 +194,25 @@ def create_user(
         find_account(session, caller, account_id)
         root = caller.root_account_id
         taken = session.scalar(
-            select(Pseudonym.id).where(Pseudonym.account_id == root, Pseudonym.unique_id == unique_id)
+            select(Pseudonym.id).where(
+                Pseudonym.account_id == root, Pseudonym.unique_id == unique_id
+            )
         )
         if taken is not None:
-            raise bad_request(f"pseudonym[unique_id] {unique_id!r} is already in use in this account")
+            raise bad_request(
+                f"pseudonym[unique_id] {unique_id!r} is already in use in this account"
+            )
         user = User(name=name.strip(), sortable_name=sortable_name)
         session.add(user)
         session.flush()
-        session.add(Pseudonym(user_id=user.id, account_id=root, unique_id=unique_id, sis_user_id=sis_user_id))
-        session.add_all(CommunicationChannel(user_id=user.id, path=a, path_type="email") for a in emails)
+        session.add(
+            Pseudonym(
+                user_id=user.id, account_id=root, unique_id=unique_id, sis_user_id=sis_user_id
+            )
+        )
+        session.add_all(
+            CommunicationChannel(user_id=user.id, path=a, path_type="email") for a in emails
+        )
         try:
             session.flush()
         except IntegrityError:

@@ -178,7 +178,9 @@ def shown_state_sql(now: dt.datetime) -> ColumnElement[str]:
                     Pairing.ending_enrollment_state.in_(ENDING_ENROLLMENT_STATES),
                 ),
             ),
-            func.coalesce(Pairing.ending_enrollment_state, literal(DEFAULT_ENDING_ENROLLMENT_STATE)),
+            func.coalesce(
+                Pairing.ending_enrollment_state, literal(DEFAULT_ENDING_ENROLLMENT_STATE)
+            ),
         ),
         else_=Enrollment.workflow_state,
     )
@@ -236,7 +238,9 @@ def _create(
             ("end_at", end_at),
         ):
             if value is None:
-                raise bad_request(f"parameter enrollment[{name}] is required for a temporary enrollment")
+                raise bad_request(
+                    f"parameter enrollment[{name}] is required for a temporary enrollment"
+                )
         assert end_at is not None
         start = start_at or now
         if end_at <= start:
@@ -252,7 +256,9 @@ def _create(
         raise not_found(f"no user with id {user_id}")
     if source_user_id is not None:
         if user_in_account(session, source_user_id, root) is None:
-            raise not_found(f"no user with id {source_user_id} (temporary_enrollment_source_user_id)")
+            raise not_found(
+                f"no user with id {source_user_id} (temporary_enrollment_source_user_id)"
+            )
         if source_user_id == user_id:
             raise unprocessable("a user cannot be the provider of their own temporary enrollment")
     if pairing_id is not None:
@@ -388,7 +394,9 @@ def list_enrollments(
             "temporary_enrollment_recipients_for_provider"
         )
     if for_provider and user_id is None:
-        raise bad_request("temporary_enrollment_recipients_for_provider needs user_id (the provider)")
+        raise bad_request(
+            "temporary_enrollment_recipients_for_provider needs user_id (the provider)"
+        )
     page = requested_page(params)
     now = utcnow()
     shown = shown_state_sql(now).label("shown_state")
@@ -420,7 +428,10 @@ def list_enrollments(
 
 def _locked(session: Session, model: Any, id_: int) -> Any:
     return session.execute(
-        select(model).where(model.id == id_).with_for_update().execution_options(populate_existing=True)
+        select(model)
+        .where(model.id == id_)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).scalar_one_or_none()
 
 

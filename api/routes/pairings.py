@@ -130,9 +130,7 @@ def new_pairing(account_id: AccountIdPath, caller: CallerDep, db: DatabaseDep) -
     )
 
 
-@router.api_route(
-    "/new", methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
-)
+@router.api_route("/new", methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 def new_pairing_other_methods() -> None:
     """`new` is not an id: without this, `DELETE .../new` would reach the delete route and be
     refused as a bad id instead of as a method `new` does not have."""

@@ -48,12 +48,16 @@ def _serve(url: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Ite
 
 
 @pytest.fixture(scope="session")
-def pg_server(api_postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def pg_server(
+    api_postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
     yield from _serve(api_postgres_url, tmp_path_factory, "api-pg")
 
 
 @pytest.fixture(scope="session")
-def sqlite_server(api_sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+def sqlite_server(
+    api_sqlite_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
     yield from _serve(api_sqlite_url, tmp_path_factory, "api-sqlite")
 
 
@@ -102,7 +106,9 @@ def add_user(factory: sessionmaker[Session], account_id: int, name: str) -> int:
         session.add(user)
         session.flush()
         session.add(
-            Pseudonym(user_id=user.id, account_id=account_id, unique_id=f"u{next(_names)}-{user.id}")
+            Pseudonym(
+                user_id=user.id, account_id=account_id, unique_id=f"u{next(_names)}-{user.id}"
+            )
         )
         return user.id
 

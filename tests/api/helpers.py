@@ -33,7 +33,9 @@ def course(client: httpx.Client, name: str = "Course") -> dict[str, Any]:
 def user(client: httpx.Client, name: str = "Some One") -> dict[str, Any]:
     login = f"login{next(_n)}-{utcnow().timestamp()}"
     return ok(  # type: ignore[no-any-return]
-        client.post("/accounts/self/users", data={"user[name]": name, "pseudonym[unique_id]": login})
+        client.post(
+            "/accounts/self/users", data={"user[name]": name, "pseudonym[unique_id]": login}
+        )
     )
 
 

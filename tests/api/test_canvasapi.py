@@ -24,10 +24,17 @@ def requester(canvas: Canvas) -> Any:
     return canvas._Canvas__requester
 
 
-def audit(world: World, context_type: str, context_id: int) -> list[tuple[str, str, str, int | None]]:
+def audit(
+    world: World, context_type: str, context_id: int
+) -> list[tuple[str, str, str, int | None]]:
     with transaction(world.factory, commit=False) as session:
         rows = session.execute(
-            select(StateChange.from_state, StateChange.to_state, StateChange.reason, StateChange.actor_id)
+            select(
+                StateChange.from_state,
+                StateChange.to_state,
+                StateChange.reason,
+                StateChange.actor_id,
+            )
             .where(StateChange.context_type == context_type, StateChange.context_id == context_id)
             .order_by(StateChange.id)
         ).all()
@@ -43,17 +50,25 @@ def test_canvasapi_creates_pages_concludes_and_deletes(world: World) -> None:
     assert canvas.get_course(course.id).name == "Biology 101"
     section = course.create_course_section(course_section={"name": "Lab A"})
     provider = account.create_user(
-        pseudonym={"unique_id": f"pat-{world.account_id}@example.edu"}, user={"name": "Pat Provider"}
+        pseudonym={"unique_id": f"pat-{world.account_id}@example.edu"},
+        user={"name": "Pat Provider"},
     )
     recipient = account.create_user(
         pseudonym={"unique_id": f"sam-{world.account_id}"},
         user={"name": "Sam Substitute"},
         communication_channel={"type": "email", "address": "sam@example.org"},
     )
-    assert (provider.sortable_name, recipient.login_id) == ("Provider, Pat", f"sam-{world.account_id}")
+    assert (provider.sortable_name, recipient.login_id) == (
+        "Provider, Pat",
+        f"sam-{world.account_id}",
+    )
     with transaction(world.factory, commit=False) as session:
         channels = session.execute(
-            select(CommunicationChannel.user_id, CommunicationChannel.path, CommunicationChannel.path_type)
+            select(
+                CommunicationChannel.user_id,
+                CommunicationChannel.path,
+                CommunicationChannel.path_type,
+            )
             .where(CommunicationChannel.user_id.in_([provider.id, recipient.id]))
             .order_by(CommunicationChannel.user_id)
         ).all()
@@ -98,7 +113,9 @@ def test_canvasapi_creates_pages_concludes_and_deletes(world: World) -> None:
             pseudonym={"unique_id": f"student{n}-{world.account_id}"}, user={"name": f"Student {n}"}
         )
         students.append(
-            section.enroll_user(student, enrollment={"type": "StudentEnrollment", "enrollment_state": "active"})
+            section.enroll_user(
+                student, enrollment={"type": "StudentEnrollment", "enrollment_state": "active"}
+            )
         )
 
     # Every enrollment, page by page: canvasapi follows the Link header's `next`.
@@ -114,7 +131,9 @@ def test_canvasapi_creates_pages_concludes_and_deletes(world: World) -> None:
     )
     assert [e.id for e in for_recipient] == [temporary.id]
     for_provider = list(
-        course.get_enrollments(user_id=provider.id, temporary_enrollment_recipients_for_provider=True)
+        course.get_enrollments(
+            user_id=provider.id, temporary_enrollment_recipients_for_provider=True
+        )
     )
     assert [e.user_id for e in for_provider] == [recipient.id]
 
@@ -129,7 +148,9 @@ def test_canvasapi_creates_pages_concludes_and_deletes(world: World) -> None:
     # Deleting the pairing ends its temporary enrollment now, in its ending state.
     deleted = (
         requester(canvas)
-        .request("DELETE", f"accounts/{world.account_id}/temporary_enrollment_pairings/{pairing['id']}")
+        .request(
+            "DELETE", f"accounts/{world.account_id}/temporary_enrollment_pairings/{pairing['id']}"
+        )
         .json()
     )
     assert (deleted["workflow_state"], deleted["deleted_by_id"]) == ("deleted", world.admin_id)

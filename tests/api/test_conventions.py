@@ -21,7 +21,7 @@ LIST_PAIRINGS_SCOPE = "url:GET|/api/v1/accounts/:account_id/temporary_enrollment
 
 
 def links(response: httpx.Response) -> dict[str, str]:
-    return {rel: link["url"] for rel, link in response.links.items()}
+    return {str(rel): link["url"] for rel, link in response.links.items()}
 
 
 def page_of(url: str) -> tuple[str, str]:
@@ -76,9 +76,9 @@ def test_a_scoped_token_may_call_only_its_endpoints(world: World) -> None:
     with world.client() as admin:
         pairing = h.pairing(admin)
     with world.client(scoped) as client:
-        assert [p["id"] for p in h.ok(client.get("/accounts/self/temporary_enrollment_pairings"))] == [
-            pairing["id"]
-        ]
+        assert [
+            p["id"] for p in h.ok(client.get("/accounts/self/temporary_enrollment_pairings"))
+        ] == [pairing["id"]]
         refused = client.get(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}")
         assert h.error(refused, 401) == "Insufficient scopes on access token."
         assert "WWW-Authenticate" not in refused.headers
@@ -101,7 +101,8 @@ def test_another_root_accounts_objects_are_404(world: World, other_world: World)
         ):
             assert h.error(client.get(path), 404), path
         assert h.error(
-            client.delete(f"/accounts/self/temporary_enrollment_pairings/{their_pairing['id']}"), 404
+            client.delete(f"/accounts/self/temporary_enrollment_pairings/{their_pairing['id']}"),
+            404,
         )
         assert "no user" in h.error(h.enroll(client, mine["id"], their_user["id"]), 404)
         provider, recipient = h.user(client), h.user(client)
@@ -111,14 +112,19 @@ def test_another_root_accounts_objects_are_404(world: World, other_world: World)
         )  # fmt: skip
         assert "no temporary enrollment pairing" in h.error(attempt, 404)
     with other_world.client() as theirs:  # untouched
-        assert h.ok(theirs.get(f"/accounts/self/temporary_enrollment_pairings/{their_pairing['id']}"))[
-            "workflow_state"
-        ] == "active"
+        assert (
+            h.ok(theirs.get(f"/accounts/self/temporary_enrollment_pairings/{their_pairing['id']}"))[
+                "workflow_state"
+            ]
+            == "active"
+        )
 
 
 def test_self_and_the_accounts_own_id_are_the_same_account(world: World) -> None:
     with world.client() as client:
-        assert h.ok(client.get("/accounts/self")) == h.ok(client.get(f"/accounts/{world.account_id}"))
+        assert h.ok(client.get("/accounts/self")) == h.ok(
+            client.get(f"/accounts/{world.account_id}")
+        )
         assert h.ok(client.get("/accounts/self"))["id"] == world.account_id
 
 

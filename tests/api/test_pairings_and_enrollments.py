@@ -23,11 +23,14 @@ PAIRINGS = "/accounts/self/temporary_enrollment_pairings"
 
 def audit_count(world: World) -> int:
     with transaction(world.factory, commit=False) as session:
-        return session.scalar(
-            select(func.count())
-            .select_from(StateChange)
-            .where(StateChange.root_account_id == world.account_id)
-        ) or 0
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(StateChange)
+                .where(StateChange.root_account_id == world.account_id)
+            )
+            or 0
+        )
 
 
 def setup_temporary(
@@ -56,7 +59,10 @@ def setup_temporary(
 def test_create_defaults_and_refuses_unknown_values_by_name(world: World) -> None:
     with world.client() as client:
         created = h.ok(client.post(PAIRINGS), 201)
-        assert (created["ending_enrollment_state"], created["workflow_state"]) == ("deleted", "active")
+        assert (created["ending_enrollment_state"], created["workflow_state"]) == (
+            "deleted",
+            "active",
+        )
         assert created["created_by_id"] == world.admin_id and created["created_at"].endswith("Z")
         message = h.error(client.post(PAIRINGS, data={"ending_enrollment_state": "gone"}), 400)
         assert "deleted, completed, inactive" in message
@@ -133,7 +139,10 @@ def test_enrollment_validation_messages(world: World) -> None:
         other_section = h.ok(client.post(f"/courses/{other_course['id']}/sections"))
 
         def temp(**extra: Any) -> httpx.Response:
-            fields = {"temporary_enrollment_source_user_id": sid, "temporary_enrollment_pairing_id": pid}
+            fields = {
+                "temporary_enrollment_source_user_id": sid,
+                "temporary_enrollment_pairing_id": pid,
+            }
             return h.enroll(client, cid, rid, **{**fields, **extra})
 
         cases: list[tuple[httpx.Response, int, str]] = [
@@ -157,7 +166,7 @@ def test_enrollment_validation_messages(world: World) -> None:
             (h.enroll(client, cid, rid, state="completed"), 400, "active, invited, inactive"),
             (h.enroll(client, 987654321, rid), 404, "no course"),
             (h.enroll(client, cid, rid, course_section_id=other_section["id"]), 404, "no section"),
-            (client.post(f"/sections/987654321/enrollments",
+            (client.post("/sections/987654321/enrollments",
                          data={"enrollment[user_id]": rid, "enrollment[type]": "TaEnrollment"}),
              404, "no section"),
             (client.post(f"/courses/{cid}/enrollments", data={"enrollment[type]": "TaEnrollment"}),
@@ -175,12 +184,17 @@ def test_enrollment_validation_messages(world: World) -> None:
 def test_section_enrollments_land_in_the_section(world: World) -> None:
     with world.client() as client:
         course = h.course(client)
-        section = h.ok(client.post(f"/courses/{course['id']}/sections", data={"course_section[name]": "B"}))
+        section = h.ok(
+            client.post(f"/courses/{course['id']}/sections", data={"course_section[name]": "B"})
+        )
         assert (section["name"], section["course_id"]) == ("B", course["id"])
         created = h.ok(
             client.post(
                 f"/sections/{section['id']}/enrollments",
-                data={"enrollment[user_id]": h.user(client)["id"], "enrollment[type]": "StudentEnrollment"},
+                data={
+                    "enrollment[user_id]": h.user(client)["id"],
+                    "enrollment[type]": "StudentEnrollment",
+                },
             )
         )
         assert (created["course_id"], created["course_section_id"]) == (course["id"], section["id"])
@@ -192,8 +206,10 @@ def test_section_enrollments_land_in_the_section(world: World) -> None:
 
 def test_list_filters(world: World) -> None:
     with world.client() as client:
-        course, pairing, [temporary] = setup_temporary(client)
-        student = h.ok(h.enroll(client, course["id"], h.user(client)["id"], type="StudentEnrollment"))
+        course, _pairing, [temporary] = setup_temporary(client)
+        student = h.ok(
+            h.enroll(client, course["id"], h.user(client)["id"], type="StudentEnrollment")
+        )
         invited = h.ok(h.enroll(client, course["id"], h.user(client)["id"], state="invited"))
         inactive = h.ok(h.enroll(client, course["id"], h.user(client)["id"], state="inactive"))
         url = f"/courses/{course['id']}/enrollments"
@@ -279,7 +295,9 @@ def test_deleting_a_due_enrollment_ends_its_pairing_with_the_rest_due(world: Wor
         course, pairing, [first, second] = setup_temporary(client, "deleted", count=2)
         with transaction(world.factory) as session:
             session.execute(
-                update(Enrollment).where(Enrollment.id == second["id"]).values(end_at=utcnow() - DAY)
+                update(Enrollment)
+                .where(Enrollment.id == second["id"])
+                .values(end_at=utcnow() - DAY)
             )
         h.ok(client.delete(f"/courses/{course['id']}/enrollments/{first['id']}"))
         assert h.ok(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "ended"
