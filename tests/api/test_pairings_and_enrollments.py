@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import Engine, func, select, text, update
 
 from models import Enrollment, StateChange, transaction, utcnow
+from models import TemporaryEnrollmentPairing as Pairing
 from tasks import lifecycle
 from tests.api import helpers as h
 from tests.api.conftest import World
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -115,10 +118,10 @@ def test_deleting_an_ended_pairing_marks_it_deleted_and_keeps_its_end(world: Wor
 def test_delete_of_a_pairing_with_an_unknown_ending_state_is_refused(world: World) -> None:
     with world.client() as client:
         _course, pairing, _ = setup_temporary(client)
-    from models import TemporaryEnrollmentPairing as P
-
     with transaction(world.factory) as session:
-        session.execute(update(P).where(P.id == pairing["id"]).values(ending_enrollment_state="x"))
+        session.execute(
+            update(Pairing).where(Pairing.id == pairing["id"]).values(ending_enrollment_state="x")
+        )
     with world.client() as client:
         assert "'x'" in h.error(client.delete(f"{PAIRINGS}/{pairing['id']}"), 422)
         assert h.ok(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "active"
@@ -310,3 +313,48 @@ def test_deleting_a_due_enrollment_ends_its_pairing_with_the_rest_due(world: Wor
             .order_by(StateChange.id)
         ).all()
     assert reasons == ["enrollment_concluded", "expired", "expired"]
+
+
+def test_an_enrollment_change_waits_for_its_pairings_lock(
+    world: World, pg_api_engine: Engine
+) -> None:
+    """A sweep holds the pairing's row lock while it expires the pairing's enrollments: an API
+    conclude of one of them waits for it, then sees the state the sweep left (not a stale one)."""
+    with world.client() as client:
+        course, pairing, [temporary] = setup_temporary(client, "inactive", count=1)
+    url = f"{world.base_url}/api/v1/courses/{course['id']}/enrollments/{temporary['id']}"
+    waiting_on_a_lock = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    with pg_api_engine.connect() as sweep, pg_api_engine.connect() as observer:
+        sweep.execute(select(Pairing.id).where(Pairing.id == pairing["id"]).with_for_update())
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                httpx.delete,
+                url,
+                params={"task": "conclude"},
+                headers={"Authorization": f"Bearer {world.token}"},
+                timeout=60,
+            )
+            wait_until(
+                lambda: observer.execute(waiting_on_a_lock).scalar_one() > 0,
+                30,
+                "the API request to wait for the pairing's lock",
+            )
+            assert not pending.done()
+            sweep.execute(
+                update(Enrollment)
+                .where(Enrollment.id == temporary["id"])
+                .values(workflow_state="inactive")
+            )
+            sweep.commit()
+            response = pending.result()
+    assert h.ok(response)["enrollment_state"] == "completed"
+    with transaction(world.factory, commit=False) as session:
+        from_state = session.scalar(
+            select(StateChange.from_state).where(
+                StateChange.context_type == "Enrollment", StateChange.context_id == temporary["id"]
+            )
+        )
+    assert from_state == "inactive"
