@@ -79,15 +79,17 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def allowed_methods(request: Request) -> str:
-    """Every method some route accepts at this path. Starlette's own `Allow` names only the
-    first route that matched the path, and FastAPI makes one route per method."""
-    methods: set[str] = set()
+    """The methods of the path the request hit. Starlette's own `Allow` names only the first
+    route that matched, and FastAPI makes one route per method, so gather them: the first
+    declared path that matches (as routing takes the first), and every method declared on it."""
     # The routes as declared (FastAPI nests included routers in `app.router.routes`).
-    for route in request.app.state.api_routes:
+    routes = [r for r in request.app.state.api_routes if r.include_in_schema]
+    for route in routes:
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+            methods = {m for r in routes if r.path == route.path for m in r.methods or ()}
+            return ", ".join(sorted(methods))
+    return ""
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

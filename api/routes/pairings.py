@@ -130,8 +130,8 @@ def new_pairing(account_id: AccountIdPath, caller: CallerDep, db: DatabaseDep) -
     )
 
 
-@router.api_route("/new", methods=["POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-def new_pairing_other_methods() -> None:
+@router.delete("/new", include_in_schema=False)
+def new_pairing_delete() -> None:
     """`new` is not an id: without this, `DELETE .../new` would reach the delete route and be
     refused as a bad id instead of as a method `new` does not have."""
     raise ApiError(405, "Method Not Allowed", headers={"Allow": "GET"})

@@ -260,8 +260,16 @@ def test_framework_errors_come_in_canvas_shape(world: World) -> None:
         assert "course_id" in h.error(client.get("/courses/abc"), 400)
         assert "account_id" in h.error(client.get("/accounts/nobody"), 400)
         assert h.error(client.get("/no/such/route"), 404)
-        not_allowed = client.put("/accounts/self")
-        assert h.error(not_allowed, 405) and "GET" in not_allowed.headers["Allow"]
+        pairings = "/accounts/self/temporary_enrollment_pairings"
+        for method, path, allow in (
+            ("PUT", "/accounts/self", "GET"),
+            ("PUT", f"{pairings}/5", "DELETE, GET"),
+            ("DELETE", f"{pairings}/new", "GET"),  # `new` is not an id
+            ("OPTIONS", f"{pairings}/new", "GET"),
+            ("PATCH", pairings, "GET, POST"),
+        ):
+            not_allowed = client.request(method, path)
+            assert h.error(not_allowed, 405) and not_allowed.headers["Allow"] == allow, path
 
 
 def test_the_openapi_document_describes_every_endpoint(world: World) -> None:
