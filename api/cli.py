@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from fastapi import FastAPI
 from rich.console import Console
 
 from models import transaction
 from worker import runtime
+
+if TYPE_CHECKING:  # `tep sweep` and friends should not pay for importing the web stack
+    from fastapi import FastAPI
 
 token_cli = typer.Typer(help="API tokens.", no_args_is_help=True)
 

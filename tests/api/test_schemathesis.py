@@ -8,6 +8,7 @@ that exist in the caller's account, so the 2xx paths are exercised too, not only
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
@@ -25,7 +26,9 @@ from tests.api.server import ApiServer
 pytestmark = pytest.mark.postgres
 
 # Per operation and generation phase; enough to find shape and crash bugs, small enough for CI.
-MAX_EXAMPLES = 30
+# A longer hunt: TEP_TEST_SCHEMATHESIS_EXAMPLES=500 TEP_TEST_SCHEMATHESIS_RANDOM=1.
+MAX_EXAMPLES = int(os.environ.get("TEP_TEST_SCHEMATHESIS_EXAMPLES", "30"))
+DERANDOMIZE = not os.environ.get("TEP_TEST_SCHEMATHESIS_RANDOM")
 
 
 def real_ids(world: World) -> dict[str, Any]:
@@ -108,7 +111,7 @@ def test_the_served_document_is_this_one(pg_server: ApiServer) -> None:
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
-    derandomize=True,
+    derandomize=DERANDOMIZE,
     database=None,
     suppress_health_check=list(HealthCheck),
 )
