@@ -257,7 +257,8 @@ class StateChange(Base):
     id: Mapped[IdPk]
     context_type: Mapped[str] = mapped_column(String(255), nullable=False)
     context_id: Mapped[int] = mapped_column(BigId, nullable=False)
-    temporary_enrollment_pairing_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    # NULL for a change to an enrollment that belongs to no pairing (an API conclude/delete).
+    temporary_enrollment_pairing_id: Mapped[int | None] = mapped_column(BigId)
     root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
     from_state: Mapped[str] = mapped_column(String(255), nullable=False)
     to_state: Mapped[str] = mapped_column(String(255), nullable=False)

@@ -592,7 +592,8 @@ def end_pairing(
     pairing becomes `ended` (or `deleted`, with `deleted_by_id`, when `delete`).
 
     Waits for the pairing's row lock (a sweep holding it finishes its batch first). A pairing
-    that is no longer active is returned unchanged, so ending twice is harmless. Returns the
+    that is already over is returned unchanged (so ending or deleting twice is harmless), except
+    that deleting an `ended` pairing marks it `deleted`, keeping its `ended_at`. Returns the
     pairing and the enrollments changed per state.
     """
     pairing = session.execute(
@@ -600,10 +601,10 @@ def end_pairing(
     ).scalar_one_or_none()
     if pairing is None:
         raise UnknownPairing(f"no temporary enrollment pairing with id {pairing_id}")
-    if pairing.workflow_state != "active":
+    if pairing.workflow_state == "deleted" or (pairing.workflow_state != "active" and not delete):
         return pairing, {}
     ending_state = resolve_ending_state(pairing.ending_enrollment_state)
-    if ending_state is None:
+    if ending_state is None and pairing.workflow_state == "active":
         raise UnknownEndingState(
             f"pairing {pairing_id} has ending_enrollment_state "
             f"{pairing.ending_enrollment_state!r}, not one of {', '.join(ENDING_ENROLLMENT_STATES)}"
@@ -614,8 +615,11 @@ def end_pairing(
         reason=REASON_PAIRING_DELETED if delete else REASON_PAIRING_ENDED,
         actor_id=actor_id,
     )
-    changed = expire_enrollments(session, [pairing_id], ending_state, true(), ctx)
-    values: dict[str, Any] = {"ended_at": ctx.as_of}
+    # An ended pairing has nothing live left to expire.
+    changed = (
+        expire_enrollments(session, [pairing_id], ending_state, true(), ctx) if ending_state else 0
+    )
+    values: dict[str, Any] = {"ended_at": pairing.ended_at or ctx.as_of}
     if delete:
         values["deleted_by_id"] = actor_id
     set_pairing_state(
@@ -626,4 +630,19 @@ def end_pairing(
         **values,
     )
     session.refresh(pairing)
-    return pairing, {ending_state: changed} if changed else {}
+    return pairing, {ending_state: changed} if ending_state and changed else {}
+
+
+def settle_pairing(session: Session, pairing_id: int, *, as_of: dt.datetime, run_id: str) -> None:
+    """Apply the sweep's rules to one pairing now, as a batch of one: expire its due enrollments
+    and end it if nothing live is left. For a writer that has just changed one of the pairing's
+    enrollments (an API conclude or delete) and holds the pairing's row lock."""
+    summary = RunSummary(
+        run_id=run_id,
+        as_of=as_of,
+        dry_run=False,
+        account_id=None,
+        trigger="api",
+        started_at=utcnow(),
+    )
+    expire_batch(session, [pairing_id], summary, write=True)

@@ -22,6 +22,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
+from api import cli as api_cli
 from models import Enrollment, TemporaryEnrollmentPairing, transaction, utcnow
 from tasks import lifecycle
 from worker import runtime
@@ -44,6 +45,8 @@ cli = typer.Typer(
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.command()(status)
+cli.add_typer(api_cli.token_cli, name="token")
+cli.command("api")(api_cli.serve)
 
 out = Console()
 err = Console(stderr=True)

@@ -53,7 +53,7 @@ def upgrade() -> None:
         sa.Column(
             "temporary_enrollment_pairing_id",
             sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            nullable=False,
+            nullable=True,
         ),
         sa.Column(
             "root_account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False

@@ -1,0 +1,68 @@
+"""The FastAPI application: Canvas's Temporary Enrollment Pairings API and the Enrollments slice.
+
+`create_app` takes the database from whoever wires it (`tep api` passes the settings' URL; tests
+pass a scratch database), so nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.auth import route_scope
+from api.db import Database
+from api.errors import install_handlers
+from api.routes import accounts, enrollments, pairings
+from models import make_engine, make_sessionmaker
+
+ROUTERS = (pairings.router, enrollments.router, accounts.router)
+
+DESCRIPTION = """\
+Canvas LMS's Temporary Enrollment Pairings API, and the part of its Enrollments API that attaches
+temporary enrollments to a pairing, as Canvas documents them.
+
+* Authenticate with `Authorization: Bearer <token>` (`tep token create`). A token acts for one
+  user in one root account; `self` names that account in paths. Objects of any other root
+  account do not exist (404).
+* Parameters may come from the query string, a form-encoded body or a JSON body, for every method;
+  bracketed names nest (`enrollment[user_id]`, `state[]`).
+* Lists are paginated with `page` and `per_page` (default 10, at most 100) and a `Link` header.
+* Errors are `{"errors": [{"message": "..."}]}`.
+"""
+
+
+def known_scopes() -> list[str]:
+    """Every scope a token may be limited to: one per endpoint, in Canvas's form."""
+    return sorted(
+        route_scope(method, route.path)
+        for router in ROUTERS
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.include_in_schema
+        for method in route.methods or ()
+    )
+
+
+def create_app(
+    factory: sessionmaker[Session] | None = None, *, database_url: str | None = None
+) -> FastAPI:
+    """The app on the database of `factory` (or of `database_url`)."""
+    if factory is None:
+        if database_url is None:
+            raise ValueError("create_app needs a session factory or a database URL")
+        factory = make_sessionmaker(make_engine(database_url))
+    engine: Engine = factory.kw["bind"]
+    app = FastAPI(
+        title="Temporary enrollment lifecycle service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.database = Database(write=factory, read=make_sessionmaker(engine, read_only=True))
+    install_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.state.api_routes = [route for router in ROUTERS for route in router.routes]
+    return app

@@ -1,0 +1,157 @@
+"""The JSON objects the API returns, in Canvas's shapes and names.
+
+Timestamps are ISO 8601 in UTC with a `Z`, as Canvas writes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import BaseModel, PlainSerializer, WithJsonSchema
+
+from models import Account, Course, CourseSection, Pseudonym, TemporaryEnrollmentPairing, User
+from tasks.lifecycle import iso
+
+Timestamp = Annotated[
+    dt.datetime,
+    PlainSerializer(iso, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+# Canvas shows a course's internal states under the names its API documents.
+COURSE_STATES_SHOWN = {"claimed": "unpublished", "created": "unpublished"}
+
+
+class TemporaryEnrollmentPairingJson(BaseModel):
+    """A TemporaryEnrollmentPairing, as Canvas's API returns it."""
+
+    id: int | None
+    root_account_id: int
+    workflow_state: str
+    ending_enrollment_state: str | None
+    created_by_id: int | None
+    deleted_by_id: int | None
+    ended_at: Timestamp | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+
+    @classmethod
+    def of(cls, pairing: TemporaryEnrollmentPairing) -> TemporaryEnrollmentPairingJson:
+        return cls(
+            id=pairing.id,
+            root_account_id=pairing.root_account_id,
+            workflow_state=pairing.workflow_state,
+            ending_enrollment_state=pairing.ending_enrollment_state,
+            created_by_id=pairing.created_by_id,
+            deleted_by_id=pairing.deleted_by_id,
+            ended_at=pairing.ended_at,
+            created_at=pairing.created_at,
+            updated_at=pairing.updated_at,
+        )
+
+
+class EnrollmentJson(BaseModel):
+    """An Enrollment, as Canvas's Enrollments API returns it.
+
+    `enrollment_state` is the state in force now: a temporary enrollment whose `end_at` has
+    passed shows its pairing's ending state even before the worker has written it.
+    """
+
+    id: int
+    user_id: int
+    course_id: int
+    course_section_id: int
+    root_account_id: int
+    type: str
+    role: str
+    enrollment_state: str
+    start_at: Timestamp | None
+    end_at: Timestamp | None
+    completed_at: Timestamp | None
+    temporary_enrollment_source_user_id: int | None
+    temporary_enrollment_pairing_id: int | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class AccountJson(BaseModel):
+    id: int
+    name: str
+    parent_account_id: int | None
+    root_account_id: int | None
+    workflow_state: str
+
+    @classmethod
+    def of(cls, account: Account) -> AccountJson:
+        return cls(
+            id=account.id,
+            name=account.name,
+            parent_account_id=account.parent_account_id,
+            root_account_id=account.root_account_id,
+            workflow_state=account.workflow_state,
+        )
+
+
+class CourseJson(BaseModel):
+    id: int
+    name: str
+    course_code: str | None
+    account_id: int
+    root_account_id: int
+    workflow_state: str
+    start_at: Timestamp | None
+    end_at: Timestamp | None
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, course: Course) -> CourseJson:
+        return cls(
+            id=course.id,
+            name=course.name,
+            course_code=course.course_code,
+            account_id=course.account_id,
+            root_account_id=course.root_account_id,
+            workflow_state=COURSE_STATES_SHOWN.get(course.workflow_state, course.workflow_state),
+            start_at=course.start_at,
+            end_at=course.conclude_at,
+            created_at=course.created_at,
+        )
+
+
+class SectionJson(BaseModel):
+    id: int
+    name: str
+    course_id: int
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, section: CourseSection) -> SectionJson:
+        return cls(
+            id=section.id,
+            name=section.name,
+            course_id=section.course_id,
+            created_at=section.created_at,
+        )
+
+
+class UserJson(BaseModel):
+    id: int
+    name: str
+    sortable_name: str | None
+    short_name: str
+    login_id: str | None
+    sis_user_id: str | None
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, user: User, login: Pseudonym | None) -> UserJson:
+        return cls(
+            id=user.id,
+            name=user.name,
+            sortable_name=user.sortable_name,
+            short_name=user.name,
+            login_id=login.unique_id if login else None,
+            sis_user_id=login.sis_user_id if login else None,
+            created_at=user.created_at,
+        )

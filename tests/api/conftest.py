@@ -1,0 +1,144 @@
+"""Fixtures for the API tests: a real `tep api` server per database, and a fresh root account
+(with an admin user and a token) per test, so tests never see each other's data."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import known_scopes
+from api.auth import create_token
+from migrations import upgrade
+from models import Account, Pseudonym, User, make_engine, make_sessionmaker, transaction
+from tests import services
+from tests.api.server import ApiServer, api_server
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def api_postgres_url() -> Iterator[str]:
+    """A scratch PostgreSQL database of the API tests' own (other tests empty theirs)."""
+    error = services.postgres_reachable()
+    if error is not None:
+        services.unavailable("PostgreSQL", error)
+    with services.scratch_postgres_database("tep_api_test") as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def api_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('api-sqlite') / 'tep.sqlite'}"
+    upgrade(url)
+    return url
+
+
+def _serve(url: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ApiServer]:
+    log = tmp_path_factory.mktemp(name) / "api.log"
+    with api_server(url, log) as server:
+        yield server
+    assert "Traceback" not in server.log, server.log
+
+
+@pytest.fixture(scope="session")
+def pg_server(
+    api_postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    yield from _serve(api_postgres_url, tmp_path_factory, "api-pg")
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(
+    api_sqlite_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    yield from _serve(api_sqlite_url, tmp_path_factory, "api-sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_api_engine(api_postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(api_postgres_url)
+    yield engine
+    engine.dispose()
+
+
+@dataclasses.dataclass
+class World:
+    """One root account as a client sees it: its admin's token, and the database behind it."""
+
+    base_url: str
+    account_id: int
+    admin_id: int
+    token: str
+    factory: sessionmaker[Session]
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.base_url}/api/v1",
+            headers={"Authorization": f"Bearer {token or self.token}"},
+            timeout=30,
+        )
+
+    def token_for(self, user_id: int, *scopes: str) -> str:
+        with transaction(self.factory) as session:
+            _token, secret = create_token(
+                session,
+                account_id=self.account_id,
+                user_id=user_id,
+                scopes=scopes,
+                known_scopes=known_scopes(),
+            )
+        return secret
+
+    def add_user(self, name: str = "Someone") -> int:
+        return add_user(self.factory, self.account_id, name)
+
+
+def add_user(factory: sessionmaker[Session], account_id: int, name: str) -> int:
+    with transaction(factory) as session:
+        user = User(name=name)
+        session.add(user)
+        session.flush()
+        session.add(
+            Pseudonym(
+                user_id=user.id, account_id=account_id, unique_id=f"u{next(_names)}-{user.id}"
+            )
+        )
+        return user.id
+
+
+def make_world(base_url: str, factory: sessionmaker[Session]) -> World:
+    with transaction(factory) as session:
+        account = Account(name=f"University {next(_names)}")
+        session.add(account)
+        session.flush()
+        account_id = account.id
+    admin_id = add_user(factory, account_id, "Admin")
+    world = World(base_url, account_id, admin_id, "", factory)
+    world.token = world.token_for(admin_id)
+    return world
+
+
+@pytest.fixture
+def world(pg_server: ApiServer, pg_api_engine: Engine) -> World:
+    """A fresh root account on the PostgreSQL-backed server."""
+    return make_world(pg_server.base_url, make_sessionmaker(pg_api_engine))
+
+
+@pytest.fixture
+def other_world(pg_server: ApiServer, pg_api_engine: Engine) -> World:
+    """Another root account on the same server: its objects must be invisible to `world`."""
+    return make_world(pg_server.base_url, make_sessionmaker(pg_api_engine))
+
+
+@pytest.fixture
+def sqlite_world(sqlite_server: ApiServer, api_sqlite_url: str) -> Iterator[World]:
+    engine = make_engine(api_sqlite_url)
+    yield make_world(sqlite_server.base_url, make_sessionmaker(engine))
+    engine.dispose()
