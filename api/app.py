@@ -6,7 +6,9 @@ pass a scratch database), so nothing here reads the environment at import time.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +18,7 @@ from api.db import Database
 from api.errors import install_handlers
 from api.routes import accounts, enrollments, pairings
 from models import make_engine, make_sessionmaker
+from tasks.metrics import render_metrics
 
 ROUTERS = (pairings.router, enrollments.router, accounts.router)
 
@@ -45,9 +48,13 @@ def known_scopes() -> list[str]:
 
 
 def create_app(
-    factory: sessionmaker[Session] | None = None, *, database_url: str | None = None
+    factory: sessionmaker[Session] | None = None,
+    *,
+    database_url: str | None = None,
+    webhook_urls: Sequence[str] = (),
 ) -> FastAPI:
-    """The app on the database of `factory` (or of `database_url`)."""
+    """The app on the database of `factory` (or of `database_url`). `webhook_urls` are the
+    configured receivers, so that `/metrics` reports them as the worker's endpoint does."""
     if factory is None:
         if database_url is None:
             raise ValueError("create_app needs a session factory or a database URL")
@@ -65,4 +72,13 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     app.state.api_routes = [route for router in ROUTERS for route in router.routes]
+    read = app.state.database.read
+
+    # Prometheus's scrape endpoint: not part of the Canvas API (no token, not in the OpenAPI
+    # document); the same figures, read from the database, as the worker's metrics port.
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = render_metrics(read, list(webhook_urls))
+        return Response(content=body, media_type=content_type)
+
     return app

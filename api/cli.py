@@ -21,8 +21,9 @@ err = Console(stderr=True)
 def app_from_settings() -> FastAPI:
     """The app on TEP_DATABASE_URL: uvicorn's factory, called once in each worker process."""
     from api.app import create_app
+    from worker.settings import get_settings
 
-    return create_app(runtime.session_factory())
+    return create_app(runtime.session_factory(), webhook_urls=get_settings().webhook_url_list)
 
 
 def serve(

@@ -136,8 +136,10 @@ def plan_notices(session: Session, as_of: dt.datetime, thresholds: Sequence[dt.t
         )
         .group_by(StateChange.temporary_enrollment_pairing_id, StateChange.root_account_id)
     )
-    for pairing_id, root, ended_at in ended:
-        rows.append(_notice(pairing_id, root, NOTICE_ENDED, dt.timedelta(0), ended_at, as_of))
+    for ended_pairing_id, root, ended_at in ended:
+        if ended_pairing_id is None:  # pairing rows always carry it; the column is shared
+            continue
+        rows.append(_notice(ended_pairing_id, root, NOTICE_ENDED, dt.timedelta(0), ended_at, as_of))
     if not rows:
         return 0
     # RETURNING yields only the rows inserted: the ones some other run had not planned already.

@@ -23,6 +23,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from models import LIVE_ENROLLMENT_STATES, Enrollment, StateChange, TemporaryEnrollmentPairing
+from tasks.events import REASON_CREATED
 from tasks.lifecycle import (
     ENROLLMENT,
     PAIRING,
@@ -32,7 +33,6 @@ from tasks.lifecycle import (
     new_run_id,
     require_aware,
 )
-from tasks.events import REASON_CREATED
 
 REASON_RESTORED = "restored"
 

@@ -30,6 +30,7 @@ from models import (
     utcnow,
 )
 from tasks import lifecycle
+from tasks.events import record_pairing_created
 
 router = APIRouter(prefix="/api/v1/accounts/{account_id}/temporary_enrollment_pairings")
 
@@ -182,6 +183,8 @@ def create_pairing(
         )
         session.add(pairing)
         session.flush()
+        # The `pairing.created` event: an audit row in the same transaction (the outbox).
+        record_pairing_created(session, pairing, actor_id=caller.user_id)
         return PairingJson.of(pairing)
 
 
