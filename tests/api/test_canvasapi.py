@@ -195,7 +195,8 @@ def test_canvasapi_concluding_the_last_temporary_enrollment_ends_its_pairing(wor
     ended = requester(canvas).request("GET", show).json()
     assert ended["workflow_state"] == "ended" and ended["ended_at"] is not None
     assert audit(world, "TemporaryEnrollmentPairing", pairing["id"]) == [
-        ("active", "ended", "expired", None)
+        ("new", "active", "created", world.admin_id),  # the pairing.created event
+        ("active", "ended", "expired", None),
     ]
 
     # A deleted enrollment is gone, as in Canvas: deleting it again is a 404.

@@ -92,7 +92,7 @@ def test_delete_ends_early_then_a_second_delete_returns_it_unchanged(world: Worl
         )
         assert sorted(e["id"] for e in states) == sorted(e["id"] for e in enrollments)
         audited = audit_count(world)
-        assert audited == 3  # two enrollments and the pairing
+        assert audited == 4  # its creation, then two enrollments and the pairing
 
         again = client.delete(f"{PAIRINGS}/{pairing['id']}")
         assert h.ok(again) == deleted
@@ -312,7 +312,7 @@ def test_deleting_a_due_enrollment_ends_its_pairing_with_the_rest_due(world: Wor
             .where(StateChange.temporary_enrollment_pairing_id == pairing["id"])
             .order_by(StateChange.id)
         ).all()
-    assert reasons == ["enrollment_concluded", "expired", "expired"]
+    assert reasons == ["created", "enrollment_concluded", "expired", "expired"]
 
 
 def test_an_enrollment_change_waits_for_its_pairings_lock(
