@@ -1,4 +1,4 @@
-"""The Celery settings docs/operating.md promises, derived from TEP_ settings."""
+"""The Celery settings the README's Operating section promises, derived from TEP_ settings."""
 
 from __future__ import annotations
 

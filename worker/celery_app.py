@@ -14,7 +14,7 @@ from worker.settings import Settings, parse_cron
 
 SWEEP_TASK = "tasks.expire_due_pairings"
 
-# Under an orchestrator's usual 30 s grace period (docs/operating.md).
+# Under an orchestrator's usual 30 s grace period (README, "Operating").
 SOFT_SHUTDOWN_SECONDS = 20.0
 
 
