@@ -50,9 +50,8 @@ def _one_batch(url: str, batch_size: int) -> dict[str, tuple[str, Any]]:
         started_at=utcnow(),
     )
     with transaction(make_sessionmaker(engine), commit=False) as session:
-        window = lifecycle._next_window(session, AS_OF, None, None, batch_size)
-        pairings = sorted({row[2] for row in window})
-        lifecycle.expire_batch(session, pairings, summary, write=True)
+        _, pairings = lifecycle._next_window(session, AS_OF, None, None, batch_size)
+        lifecycle.expire_batch(session, sorted(pairings), summary, write=True)
     engine.dispose()
 
     # What each statement does, told by its text. (The pairings' own audit rows are sent as a

@@ -27,7 +27,6 @@ from models import (
     TemporaryEnrollmentPairing,
     make_engine,
     make_sessionmaker,
-    transaction,
     utcnow,
 )
 from tasks import lifecycle
@@ -129,7 +128,7 @@ def sweepers(
     ]
     for child in children:
         child.start()
-    _wait_connected(url, count)
+    _wait_connected(url, children)
     released = time.monotonic()
     start.set()
     done = [results.get(timeout=3600) for _ in children]
@@ -140,8 +139,8 @@ def sweepers(
     return max(r.finished_at for r in done) - released, done
 
 
-def _wait_connected(url: str, count: int, timeout: float = 120) -> None:
-    """Until `count` other sessions are connected to the database (the children are ready)."""
+def _wait_connected(url: str, children: list[Any], timeout: float = 120) -> None:
+    """Until every child is connected to the database (ready to be released), or one has died."""
     name = url.rpartition("/")[2]
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
@@ -151,10 +150,12 @@ def _wait_connected(url: str, count: int, timeout: float = 120) -> None:
                 "WHERE datname = %s AND pid <> pg_backend_pid()",
                 (name,),
             ).fetchone()
-            if row is not None and row[0] >= count:
+            if row is not None and row[0] >= len(children):
                 return
+            if any(child.exitcode is not None for child in children):
+                raise RuntimeError("a sweeper exited before it was connected")
             time.sleep(0.05)
-    raise RuntimeError(f"{count} sweepers did not connect within {timeout} s")
+    raise RuntimeError(f"{len(children)} sweepers did not connect within {timeout} s")
 
 
 def exactly_once(url: str, shape: Shape, as_of: dt.datetime = AS_OF) -> list[Check]:
@@ -222,10 +223,13 @@ def baseline(
 ) -> tuple[float, int]:
     """The per-row way, as Canvas's `EnrollmentState.recalculate_expired_states` does it.
 
-    Load up to 250 expired rows as ORM objects, change each one in Python (its state, `updated_at`,
-    `completed_at`, and here an audit row too, so that it does the work the sweep does), flush
-    and commit, and go again until none is left. It runs over the first `rows` due enrollments
-    (whole pairings), and returns the seconds taken and the rows changed.
+    Canvas loads up to 250 expired enrollments as objects, then for each one recalculates and
+    saves its state (`process_states_for` -> `ensure_current_state` -> `save`), every save its
+    own transaction, and goes again until none is left. Here likewise: 250 due enrollments (with
+    their pairings) loaded as ORM objects, then each one changed in Python (its state,
+    `updated_at`, `completed_at`, and an audit row, so that it does the work the sweep does) and
+    flushed and committed on its own. It runs over the first `rows` due enrollments (whole
+    pairings) and returns the seconds taken and the rows changed.
     """
     engine = make_engine(sqlalchemy_url(url))
     factory = make_sessionmaker(engine)
@@ -234,8 +238,8 @@ def baseline(
     run_id = lifecycle.new_run_id()
     changed = 0
     started = time.monotonic()
-    while True:
-        with transaction(factory) as session:
+    with factory() as session:
+        while True:
             batch = session.execute(
                 select(Enrollment, TemporaryEnrollmentPairing)
                 .join(
@@ -249,11 +253,12 @@ def baseline(
                 )
                 .limit(BASELINE_BATCH)
             ).all()
+            session.commit()
             if not batch:
                 break
-            now = utcnow()
             for enrollment, pairing in batch:
                 state = lifecycle.resolve_ending_state(pairing.ending_enrollment_state) or "deleted"
+                now = utcnow()
                 session.add(
                     StateChange(
                         context_type=lifecycle.ENROLLMENT,
@@ -271,8 +276,8 @@ def baseline(
                 enrollment.updated_at = now
                 if state == "completed":
                     enrollment.completed_at = as_of
+                session.commit()  # one row, one transaction: an ActiveRecord `save`
                 changed += 1
-            session.flush()
     seconds = time.monotonic() - started
     engine.dispose()
     return seconds, changed

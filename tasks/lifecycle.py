@@ -64,9 +64,15 @@ from models import (
 log = logging.getLogger("tep.lifecycle")
 
 # Due enrollments read per transaction. Each transaction expires every due enrollment of the
-# pairings those rows belong to, so this bounds the pairings (and locks) per commit. The figure
-# comes from bench/ on PostgreSQL: see bench/RESULTS.md.
-DEFAULT_BATCH_SIZE = 2000
+# pairings those rows belong to, so this bounds the pairings (and locks) per commit. Measured with
+# bench/ on a backlog of 1,000,000 (bench/RESULTS.md): a batch's cost is writing its rows, and
+# each batch is one more pass over the table's pages, so bigger batches are faster, with
+# diminishing returns (25,000: 40 s, 100,000: 36 s, 250,000: 34 s); the process's peak RSS
+# grows with the window (106, 133, 197 MB), and a batch holds its pairings' row locks until it
+# commits (a few seconds at 100,000). 100,000 is where speed has flattened out, and it keeps a
+# sweep of any backlog within the RSS of a sweep of 100,000. An ordinary sweep finds far fewer
+# due rows than this and is one batch whatever the setting.
+DEFAULT_BATCH_SIZE = 100_000
 
 # Why a change was made; stored in the audit table's `reason`.
 REASON_EXPIRED = "expired"
@@ -245,11 +251,14 @@ def _next_window(
     account_id: int | None,
     after: tuple[dt.datetime, int] | None,
     limit: int,
-) -> list[tuple[dt.datetime, int, int]]:
-    """The next `limit` due enrollments in (end_at, id) order, after the keyset `after`.
+) -> tuple[tuple[dt.datetime, int] | None, set[int]]:
+    """The next `limit` due enrollments in (end_at, id) order, after the keyset `after`: the
+    window's last key (None when it is empty) and the pairings its rows belong to.
 
     Paging by keyset keeps every read an index range scan, so a sweep costs O(due rows) however
     large the table, and a pairing that is skipped or locked elsewhere is stepped over, not re-read.
+    The rows are read one by one and not kept: only the pairings and the end of the window are
+    needed, and a kept window of tuples would be the biggest thing in the sweeping process.
     """
     stmt = select(
         Enrollment.end_at, Enrollment.id, Enrollment.temporary_enrollment_pairing_id
@@ -257,8 +266,16 @@ def _next_window(
     if after is not None:
         stmt = stmt.where(tuple_(Enrollment.end_at, Enrollment.id) > tuple_(*after))
     stmt = stmt.order_by(Enrollment.end_at, Enrollment.id).limit(limit)
-    # end_at and the pairing id are NOT NULL here: the due predicate requires both.
-    return [(end_at, id_, pid) for end_at, id_, pid in session.execute(stmt) if end_at and pid]
+    last: tuple[dt.datetime, int] | None = None
+    pairings: set[int] = set()
+    # Fetched in slices through a server-side cursor, so that the process's memory does not
+    # grow with the batch size (a window is read once, front to back).
+    for end_at, id_, pairing_id in session.execute(stmt.execution_options(yield_per=10_000)):
+        # end_at and the pairing id are NOT NULL here: the due predicate requires both.
+        if end_at is not None and pairing_id is not None:
+            last = (end_at, id_)
+            pairings.add(pairing_id)
+    return last, pairings
 
 
 def pairings_missing_end_at(
@@ -420,26 +437,28 @@ def _expire_and_audit_in_one_statement(
     """PostgreSQL: every pairing's due rows updated and audited by one statement.
 
         WITH claimed AS (SELECT unnest(:pairing_ids) AS pairing_id, unnest(:states) AS state),
-             due AS (SELECT id, workflow_state, claimed.state FROM enrollments JOIN claimed
-                     WHERE <scope>),
-             changed AS (UPDATE enrollments SET workflow_state = due.state, ... FROM due
-                         WHERE id = due.id AND <scope> RETURNING id, ..., due.workflow_state),
-             audited AS (INSERT INTO temporary_enrollment_state_changes ... SELECT FROM changed
-                         RETURNING to_state)
+             due AS (SELECT id, workflow_state FROM enrollments WHERE <scope>),
+             changed AS (UPDATE enrollments SET workflow_state = claimed.state, ...
+                         FROM claimed WHERE pairing_id = claimed.pairing_id AND <scope>
+                         RETURNING id, ..., claimed.state),
+             audited AS (INSERT INTO temporary_enrollment_state_changes (...)
+                         SELECT ..., due.workflow_state, changed.state
+                         FROM changed JOIN due USING (id) RETURNING to_state)
         SELECT to_state, count(*) FROM audited GROUP BY to_state
 
-    Measured with bench/ (see bench/RESULTS.md), against one pair of statements per ending
-    state: the cost of a sweep is writing the rows, and one statement writes a batch's rows in
-    one pass in pairing order (the table's order, roughly) instead of one pass per ending state,
-    and finds each row once instead of twice (once for its audit row, once for its update).
-    The audit rows are made from what the UPDATE returned, so they are exactly the rows it
-    changed: the count check of the portable path holds by construction. `due` reads the state
-    before the update (RETURNING only sees the new one).
-
-    The UPDATE repeats the scope rather than only joining `due` by id. That lets PostgreSQL find
-    its rows through the pairing index too: with the join alone, once a batch is large enough it
-    hashes `due` and scans the whole enrollments table to probe it, which made each batch cost
-    O(table). It also makes PostgreSQL re-check the scope on a row another transaction changed.
+    Measured with bench/ (bench/RESULTS.md), the cost of a sweep is writing rows, so this is
+    shaped for the write:
+    * One statement per batch, not a pair per ending state: one pass over the batch's pages.
+    * The UPDATE walks its rows through the pairing index, in the table's order (roughly), as
+      the one-statement floor does. An earlier form joined the UPDATE to `due` by id; PostgreSQL
+      hashed that join, the hash spilled into batches, and the rows came out in hash order: every
+      page was dirtied, evicted and written several times, with three times the WAL and the
+      full-page images of the floor, for the same rows.
+    * `due` is the rows' state before the update (every part of one statement sees the same
+      snapshot, and RETURNING only sees the new state); it is joined to what the UPDATE
+      returned, after the write, where its order costs nothing.
+    * The audit rows are made from what the UPDATE returned, so they are exactly the rows it
+      changed: the count check of the portable path holds by construction.
     """
     pairing_ids = bindparam(None, list(ending_states), type_=ARRAY(BigInteger))
     claimed = select(
@@ -452,32 +471,24 @@ def _expire_and_audit_in_one_statement(
         _TEMPORARY, _LIVE, Enrollment.temporary_enrollment_pairing_id == any_(pairing_ids), where
     )
     due = (
-        select(
-            Enrollment.id,
-            Enrollment.workflow_state.label("from_state"),
-            claimed.c.ending_state,
-        )
-        .join(claimed, claimed.c.pairing_id == Enrollment.temporary_enrollment_pairing_id)
-        .where(scope)
-        .cte("due")
+        select(Enrollment.id, Enrollment.workflow_state.label("from_state")).where(scope).cte("due")
     )
     as_of = literal(ctx.as_of, type_=UTCDateTime())
     changed = (
         update(Enrollment)
-        .where(Enrollment.id == due.c.id, scope)
+        .where(claimed.c.pairing_id == Enrollment.temporary_enrollment_pairing_id, scope)
         .values(
-            workflow_state=due.c.ending_state,
+            workflow_state=claimed.c.ending_state,
             updated_at=ctx.changed_at,
             completed_at=case(
-                (due.c.ending_state == "completed", as_of), else_=Enrollment.completed_at
+                (claimed.c.ending_state == "completed", as_of), else_=Enrollment.completed_at
             ),
         )
         .returning(
             Enrollment.id,
             Enrollment.temporary_enrollment_pairing_id,
             Enrollment.root_account_id,
-            due.c.from_state,
-            due.c.ending_state,
+            claimed.c.ending_state,
         )
         .cte("changed")
     )
@@ -490,10 +501,10 @@ def _expire_and_audit_in_one_statement(
                 changed.c.id,
                 changed.c.temporary_enrollment_pairing_id,
                 changed.c.root_account_id,
-                changed.c.from_state,
+                due.c.from_state,
                 changed.c.ending_state,
                 *_audit_constants(ctx),
-            ),
+            ).join_from(changed, due, due.c.id == changed.c.id),
         )
         .returning(StateChange.to_state)
         .cte("audited")
@@ -534,24 +545,51 @@ def set_pairing_state(
     if not pairings:
         return 0
     connection = session.connection()
-    connection.execute(
-        insert(StateChange),
-        [
-            {
-                "context_type": PAIRING,
-                "context_id": pid,
-                "temporary_enrollment_pairing_id": pid,
-                "root_account_id": root,
-                "from_state": from_state,
-                "to_state": to_state,
-                "reason": ctx.reason,
-                "run_id": ctx.run_id,
-                "actor_id": ctx.actor_id,
-                "created_at": ctx.changed_at,
-            }
-            for pid, root, from_state in pairings
-        ],
-    )
+    if session.get_bind().dialect.name == "postgresql":
+        # One statement however many: a sweep batch ends thousands of pairings, which would
+        # otherwise go as many multi-row INSERTs of ten bound parameters a row (bench/).
+        rows = (
+            func.unnest(
+                bindparam(None, [p[0] for p in pairings], type_=ARRAY(BigInteger)),
+                bindparam(None, [p[1] for p in pairings], type_=ARRAY(BigInteger)),
+                bindparam(None, [p[2] for p in pairings], type_=ARRAY(String())),
+            )
+            .table_valued("pairing_id", "root_account_id", "from_state")
+            .render_derived()
+        )
+        connection.execute(
+            insert(StateChange).from_select(
+                _AUDIT_COLUMNS,
+                select(
+                    literal(PAIRING),
+                    rows.c.pairing_id,
+                    rows.c.pairing_id,
+                    rows.c.root_account_id,
+                    rows.c.from_state,
+                    literal(to_state),
+                    *_audit_constants(ctx),
+                ),
+            )
+        )
+    else:
+        connection.execute(
+            insert(StateChange),
+            [
+                {
+                    "context_type": PAIRING,
+                    "context_id": pid,
+                    "temporary_enrollment_pairing_id": pid,
+                    "root_account_id": root,
+                    "from_state": from_state,
+                    "to_state": to_state,
+                    "reason": ctx.reason,
+                    "run_id": ctx.run_id,
+                    "actor_id": ctx.actor_id,
+                    "created_at": ctx.changed_at,
+                }
+                for pid, root, from_state in pairings
+            ],
+        )
     connection.execute(
         update(Pairing)
         .where(_id_in(session, Pairing.id, [p[0] for p in pairings]))
@@ -692,12 +730,12 @@ def run_sweep(
     while True:
         with transaction(factory, commit=not dry_run) as session:
             _plan_each_batch_afresh(session)
-            window = _next_window(session, as_of, account_id, after, batch_size)
-            if not window:
+            last, pairings = _next_window(session, as_of, account_id, after, batch_size)
+            if last is None:
                 break
-            after = (window[-1][0], window[-1][1])
+            after = last
             # A pairing with enrollments in several windows was wholly handled at its first.
-            fresh = {row[2] for row in window} - seen - summary.skipped.keys()
+            fresh = pairings - seen - summary.skipped.keys()
             seen |= fresh
             if fresh:
                 expire_batch(session, sorted(fresh), summary, write=not dry_run)
