@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
     String,
     and_,
     any_,
@@ -65,13 +66,14 @@ log = logging.getLogger("tep.lifecycle")
 
 # Due enrollments read per transaction. Each transaction expires every due enrollment of the
 # pairings those rows belong to, so this bounds the pairings (and locks) per commit. Measured with
-# bench/ on a backlog of 1,000,000 (bench/RESULTS.md): a batch's cost is writing its rows, and
-# each batch is one more pass over the table's pages, so bigger batches are faster, with
-# diminishing returns (25,000: 40 s, 100,000: 36 s, 250,000: 34 s); the process's peak RSS
-# grows with the window (106, 133, 197 MB), and a batch holds its pairings' row locks until it
-# commits (a few seconds at 100,000). 100,000 is where speed has flattened out, and it keeps a
-# sweep of any backlog within the RSS of a sweep of 100,000. An ordinary sweep finds far fewer
-# due rows than this and is one batch whatever the setting.
+# bench/ on a backlog of 1,000,000 due enrollments (bench/RESULTS.md; floor 14-16 s): a batch's
+# cost is writing its rows, and every batch is one more pass over the table's pages, so bigger
+# batches are faster with quickly diminishing returns (25,000: 34 s, 100,000: 29-33 s, 250,000:
+# 31-32 s, 1,000,000 in one: 27 s), while the sweeping process's peak RSS grows with the batch
+# (107, 123, 185 MB for 100,000, 250,000, 1,000,000) and a batch holds its pairings' row locks
+# until it commits (about 4 s at 100,000, which an API call ending one of them waits for). The
+# old 2,000 took 55 s. 100,000 is where the time has flattened out. An ordinary sweep finds far
+# fewer due rows than this and is one batch whatever the setting.
 DEFAULT_BATCH_SIZE = 100_000
 
 # Why a change was made; stored in the audit table's `reason`.
@@ -266,16 +268,44 @@ def _next_window(
     if after is not None:
         stmt = stmt.where(tuple_(Enrollment.end_at, Enrollment.id) > tuple_(*after))
     stmt = stmt.order_by(Enrollment.end_at, Enrollment.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        return _summarise_window_in_the_database(session, stmt)
     last: tuple[dt.datetime, int] | None = None
     pairings: set[int] = set()
-    # Fetched in slices through a server-side cursor, so that the process's memory does not
-    # grow with the batch size (a window is read once, front to back).
-    for end_at, id_, pairing_id in session.execute(stmt.execution_options(yield_per=10_000)):
+    for end_at, id_, pairing_id in session.execute(stmt):
         # end_at and the pairing id are NOT NULL here: the due predicate requires both.
         if end_at is not None and pairing_id is not None:
             last = (end_at, id_)
             pairings.add(pairing_id)
     return last, pairings
+
+
+def _summarise_window_in_the_database(
+    session: Session, window_rows: Select[dt.datetime | None, int, int | None]
+) -> tuple[tuple[dt.datetime, int] | None, set[int]]:
+    """PostgreSQL: the window's last key and its distinct pairings, computed by the server.
+
+    A window is up to a batch of rows (100,000 by default) of which only the last key and the
+    few thousand distinct pairings matter; sending every row to Python to find them cost more
+    than the rest of the batch's bookkeeping together (bench/), and memory that grew with the
+    batch size.
+    """
+    window = window_rows.cte("window")
+    newest = select(window.c.end_at, window.c.id).order_by(
+        window.c.end_at.desc(), window.c.id.desc()
+    )
+    row = session.execute(
+        select(
+            select(func.array_agg(window.c.temporary_enrollment_pairing_id.distinct()))
+            .scalar_subquery()
+            .label("pairings"),
+            newest.with_only_columns(window.c.end_at).limit(1).scalar_subquery().label("end_at"),
+            newest.with_only_columns(window.c.id).limit(1).scalar_subquery().label("id"),
+        )
+    ).one()
+    if row.end_at is None:
+        return None, set()
+    return (row.end_at, row.id), set(row.pairings)
 
 
 def pairings_missing_end_at(
