@@ -71,9 +71,9 @@ log = logging.getLogger("tep.lifecycle")
 # batches are faster with quickly diminishing returns (25,000: 34 s, 100,000: 29-33 s, 250,000:
 # 31-32 s, 1,000,000 in one: 27 s), while the sweeping process's peak RSS grows with the batch
 # (107, 123, 185 MB for 100,000, 250,000, 1,000,000) and a batch holds its pairings' row locks
-# until it commits (about 4 s at 100,000, which an API call ending one of them waits for). The
-# old 2,000 took 55 s. 100,000 is where the time has flattened out. An ordinary sweep finds far
-# fewer due rows than this and is one batch whatever the setting.
+# until it commits (about 4 s at 100,000, which an API call ending one of them waits for).
+# 100,000 is where the time has flattened out. An ordinary sweep finds far fewer due rows than
+# this and is one batch whatever the setting.
 DEFAULT_BATCH_SIZE = 100_000
 
 # Why a change was made; stored in the audit table's `reason`.
