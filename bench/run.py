@@ -45,7 +45,7 @@ class Options:
     batch_size: int = DEFAULT_BATCH_SIZE
     baseline_rows: int = 20_000
     idle_factor: int = 10
-    idle_runs: int = 15
+    idle_runs: int = 25
     concurrency: tuple[int, ...] = (1, 2, 4)
     lateness_enrollments: int = 1_000
     lateness_spread: float = 60.0
@@ -160,7 +160,10 @@ def _floor_and_sweep(options: Options, template: str, results: Results, progress
             )
             if attempt == options.repeat:
                 results.checks.extend(measure.exactly_once(url, shape))
-                _idle(options, url, results, progress)
+                idle = Results()
+                _idle(options, url, idle, progress)
+                results.checks.extend(idle.checks)
+                results.figures.update(idle.figures)
 
     floor = statistics.median(floors)
     sweep = statistics.median(s.seconds for s in sweeps)
@@ -181,6 +184,7 @@ def _floor_and_sweep(options: Options, template: str, results: Results, progress
         sweep / floor <= MAX_SWEEP_OVER_FLOOR,
     )
     results.figures["sweep_rows_per_second"] = shape.due / sweep
+    results.rows.extend(idle.rows)
 
 
 def _idle(options: Options, url: str, results: Results, progress: Progress) -> None:
@@ -192,16 +196,22 @@ def _idle(options: Options, url: str, results: Results, progress: Progress) -> N
             row = conn.execute("SELECT count(*) FROM enrollments").fetchone()
             return int(row[0]) if row else 0
 
-    # The sweep just left a million dead index entries behind; autovacuum clears them within
-    # minutes in production. Vacuum now so that both idle figures are of a vacuumed table (grow()
-    # vacuums too), not of the moment right after a backlog.
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE)")
+    def settle() -> None:
+        # Both idle figures are taken on a settled database. The sweep just left a million dead
+        # index entries behind, which autovacuum clears within minutes in production (grow()
+        # vacuums too). And an idle sweep's cost is mostly its one commit's WAL flush, whose
+        # latency the checkpoint that follows millions of fresh rows would set instead.
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM (ANALYZE)")
+            conn.execute("CHECKPOINT")
+
+    settle()
     base_rows = enrollment_rows()
     one = statistics.median(measure.idle(url, options.idle_runs, options.batch_size))
     progress(f"idle at {base_rows:,} rows: {one * 1000:.1f} ms")
     progress(f"adding {options.idle_factor - 1} x {shape.due + shape.unrelated:,} rows, none due")
     data.grow(url, shape, options.idle_factor)
+    settle()
     grown_rows = enrollment_rows()
     results.checks.append(
         measure.Check("rows after growing", base_rows * options.idle_factor, grown_rows)
