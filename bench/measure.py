@@ -283,22 +283,30 @@ def baseline(
     return seconds, changed
 
 
-def idle(url: str, runs: int, batch_size: int, as_of: dt.datetime = AS_OF) -> list[float]:
-    """Seconds for each of `runs` sweeps with nothing due, in one warm process as a worker is."""
-    engine = make_engine(sqlalchemy_url(url))
-    factory = make_sessionmaker(engine)
-    times = []
+def idle(
+    urls: list[str], runs: int, batch_size: int, as_of: dt.datetime = AS_OF
+) -> list[list[float]]:
+    """Seconds of `runs` sweeps with nothing due on each database, in one warm process as a
+    worker is. The databases take turns, run by run, so that what the machine is doing at the
+    moment (other processes, the disk's flush latency, which dominates an idle sweep's single
+    commit) weighs on each of them alike."""
+    factories = [make_sessionmaker(make_engine(sqlalchemy_url(url))) for url in urls]
+    times: list[list[float]] = [[] for _ in urls]
     try:
-        # One run first, untimed: a worker's process is warm (connected, statements compiled).
-        lifecycle.run_sweep(factory, as_of=as_of, batch_size=batch_size, trigger="bench")
+        for factory in factories:
+            # One run first, untimed: a worker's process is warm (connected, statements compiled).
+            lifecycle.run_sweep(factory, as_of=as_of, batch_size=batch_size, trigger="bench")
         for _ in range(runs):
-            started = time.monotonic()
-            summary = lifecycle.run_sweep(
-                factory, as_of=as_of, batch_size=batch_size, trigger="bench"
-            )
-            times.append(time.monotonic() - started)
-            if summary.enrollments_changed_total:
-                raise RuntimeError("an idle sweep found work: the data is not what was built")
+            for factory, spent in zip(factories, times, strict=True):
+                started = time.monotonic()
+                summary = lifecycle.run_sweep(
+                    factory, as_of=as_of, batch_size=batch_size, trigger="bench"
+                )
+                spent.append(time.monotonic() - started)
+                if summary.enrollments_changed_total:
+                    raise RuntimeError("an idle sweep found work: the data is not what was built")
     finally:
-        engine.dispose()
+        for factory in factories:
+            bind = factory.kw["bind"]
+            bind.dispose()
     return times
