@@ -313,36 +313,38 @@ def pairings_missing_end_at(
 ) -> list[SkippedPairing]:
     """Active pairings with a live temporary enrollment that has no `end_at` (bad data).
 
-    The undated enrollments are found first, through their own partial index, which holds only
-    them (normally none), and only then their pairings. Written as one join, PostgreSQL was free
-    to start from the pairings instead, and did once few of them were active: a scan of the whole
-    pairings table in every sweep, idle ones included (bench/: an idle sweep's cost grew with the
-    table). MATERIALIZED fixes the order on PostgreSQL.
+    Two steps: the undated enrollments first, through their own partial index, which holds only
+    them (normally none), then their pairings, by id. Written as one join, PostgreSQL was free to
+    start from the pairings table, and did: a sequential scan, or a walk of the primary key past
+    every ended pairing, in every sweep, idle ones included (bench/: an idle sweep's cost grew
+    with the table). Asked separately, an idle sweep's check costs one empty index scan.
     """
-    undated = select(
-        Enrollment.temporary_enrollment_pairing_id.label("pairing_id"),
-        func.count().label("enrollments"),
-    ).where(_TEMPORARY, _LIVE, Enrollment.end_at.is_(None))
+    undated = select(Enrollment.temporary_enrollment_pairing_id, func.count()).where(
+        _TEMPORARY, _LIVE, Enrollment.end_at.is_(None)
+    )
     if pairing_ids is not None:
         undated = undated.where(
             _id_in(session, Enrollment.temporary_enrollment_pairing_id, pairing_ids)
         )
-    found = (
-        undated.group_by(Enrollment.temporary_enrollment_pairing_id)
-        .cte("undated")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
+    counts = {
+        pid: n
+        for pid, n in session.execute(undated.group_by(Enrollment.temporary_enrollment_pairing_id))
+        if pid is not None
+    }
+    if not counts:
+        return []
     stmt = (
-        select(Pairing.id, Pairing.root_account_id, found.c.enrollments)
-        .join(found, found.c.pairing_id == Pairing.id)
-        .where(Pairing.workflow_state == "active")
+        select(Pairing.id, Pairing.root_account_id)
+        .where(_id_in(session, Pairing.id, list(counts)), Pairing.workflow_state == "active")
         .order_by(Pairing.id)
     )
     if account_id is not None:
         stmt = stmt.where(Pairing.root_account_id == account_id)
     return [
-        SkippedPairing(pid, root, SKIP_MISSING_END_AT, f"{n} live enrollment(s) without end_at")
-        for pid, root, n in session.execute(stmt)
+        SkippedPairing(
+            pid, root, SKIP_MISSING_END_AT, f"{counts[pid]} live enrollment(s) without end_at"
+        )
+        for pid, root in session.execute(stmt)
     ]
 
 
