@@ -351,6 +351,7 @@ def upgrade() -> None:
             "index_enrollments_on_temporary_end_at",
             ["end_at", "id"],
             unique=False,
+            postgresql_include=["temporary_enrollment_pairing_id"],
             postgresql_where=sa.text(
                 "temporary_enrollment_pairing_id IS NOT NULL AND workflow_state IN ('active', 'invited', 'creation_pending')"
             ),

@@ -1,0 +1,312 @@
+"""The measurements. Each one starts from its own file copy of the built data and checks its counts.
+
+Sweeps run in child processes (spawned, so they start as clean as a worker does): that is how
+the peak RSS of the sweeping process alone is read (`getrusage` in the child), and how several
+sweepers run truly at once. Wall times are taken with `time.monotonic()`, which on Linux is one
+clock for every process, so a parent can time children it released together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import multiprocessing
+import resource
+import time
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import psycopg
+from sqlalchemy import select
+
+from bench.data import AS_OF, Shape, sqlalchemy_url
+from models import (
+    LIVE_ENROLLMENT_STATES,
+    Enrollment,
+    StateChange,
+    TemporaryEnrollmentPairing,
+    make_engine,
+    make_sessionmaker,
+    utcnow,
+)
+from tasks import lifecycle
+
+_LIVE_SQL = ", ".join(f"'{s}'" for s in LIVE_ENROLLMENT_STATES)
+
+# The floor: what PostgreSQL itself does to give the same rows the same states, in one statement,
+# with no audit, no batching and no pairing bookkeeping.
+FLOOR_SQL = f"""
+UPDATE enrollments e
+   SET workflow_state = COALESCE(p.ending_enrollment_state, 'deleted'),
+       updated_at = now(),
+       completed_at = CASE WHEN p.ending_enrollment_state = 'completed'
+                           THEN %(as_of)s ELSE e.completed_at END
+  FROM temporary_enrollment_pairings p
+ WHERE p.id = e.temporary_enrollment_pairing_id
+   AND p.workflow_state = 'active'
+   AND e.temporary_enrollment_pairing_id IS NOT NULL
+   AND e.workflow_state IN ({_LIVE_SQL})
+   AND e.end_at <= %(as_of)s
+"""
+
+# Canvas's EnrollmentState.recalculate_expired_states works through expired rows 250 at a time.
+BASELINE_BATCH = 250
+
+
+@dataclasses.dataclass
+class Check:
+    """A count the benchmark expected, and what it found."""
+
+    what: str
+    expected: int
+    found: int
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.found
+
+
+@dataclasses.dataclass
+class SweepResult:
+    seconds: float
+    changed: int
+    pairings_ended: int
+    batches: int
+    peak_rss_mb: float
+    finished_at: float  # time.monotonic() in the child
+
+
+def floor(url: str, as_of: dt.datetime = AS_OF) -> tuple[float, int]:
+    """Seconds for the floor UPDATE (commit included) and the rows it changed."""
+    with psycopg.connect(url) as conn:
+        started = time.monotonic()
+        rows = conn.execute(FLOOR_SQL, {"as_of": as_of}).rowcount
+        conn.commit()
+        return time.monotonic() - started, rows
+
+
+def _sweep_child(
+    url: str, batch_size: int, start: Event | None, results: Any, as_of: dt.datetime
+) -> None:
+    engine = make_engine(sqlalchemy_url(url))
+    factory = make_sessionmaker(engine)
+    with engine.connect():
+        pass  # connect before the start signal: we time the sweep, not the handshake
+    if start is not None:
+        start.wait()
+    started = time.monotonic()
+    summary = lifecycle.run_sweep(factory, as_of=as_of, batch_size=batch_size, trigger="bench")
+    finished = time.monotonic()
+    engine.dispose()
+    results.put(
+        SweepResult(
+            seconds=finished - started,
+            changed=summary.enrollments_changed_total,
+            pairings_ended=summary.pairings_ended,
+            batches=summary.batches,
+            # ru_maxrss is in KiB on Linux.
+            peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            finished_at=finished,
+        )
+    )
+
+
+def sweepers(
+    url: str, count: int, batch_size: int, as_of: dt.datetime = AS_OF
+) -> tuple[float, list[SweepResult]]:
+    """Run `count` sweeps at once, in separate processes, over the same backlog.
+
+    Returns the wall time from the moment they are released to the moment the last one is done,
+    and each one's result.
+    """
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    results = context.Queue()
+    children = [
+        context.Process(target=_sweep_child, args=(url, batch_size, start, results, as_of))
+        for _ in range(count)
+    ]
+    for child in children:
+        child.start()
+    _wait_connected(url, children)
+    released = time.monotonic()
+    start.set()
+    done = [results.get(timeout=3600) for _ in children]
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"a sweeper exited with {child.exitcode}")
+    return max(r.finished_at for r in done) - released, done
+
+
+def _wait_connected(url: str, children: list[Any], timeout: float = 120) -> None:
+    """Until every child is connected to the database (ready to be released), or one has died."""
+    name = url.rpartition("/")[2]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchone()
+            if row is not None and row[0] >= len(children):
+                return
+            if any(child.exitcode is not None for child in children):
+                raise RuntimeError("a sweeper exited before it was connected")
+            time.sleep(0.05)
+    raise RuntimeError(f"{len(children)} sweepers did not connect within {timeout} s")
+
+
+def exactly_once(url: str, shape: Shape, as_of: dt.datetime = AS_OF) -> list[Check]:
+    """After sweeping everything: every due enrollment changed exactly once, audited once."""
+    with psycopg.connect(url) as conn:
+
+        def one(sql: str) -> int:
+            row = conn.execute(sql, {"as_of": as_of}).fetchone()
+            return int(row[0]) if row else -1
+
+        return [
+            Check(
+                "enrollment audit rows",
+                shape.due,
+                one(
+                    "SELECT count(*) FROM temporary_enrollment_state_changes "
+                    "WHERE context_type = 'Enrollment'"
+                ),
+            ),
+            Check(
+                "enrollments audited",
+                shape.due,
+                one(
+                    "SELECT count(DISTINCT context_id) FROM temporary_enrollment_state_changes "
+                    "WHERE context_type = 'Enrollment'"
+                ),
+            ),
+            Check(
+                "enrollments changed from a live state",
+                shape.due,
+                one(
+                    "SELECT count(*) FROM enrollments WHERE temporary_enrollment_pairing_id "
+                    f"IS NOT NULL AND workflow_state NOT IN ({_LIVE_SQL})"
+                ),
+            ),
+            Check(
+                "pairings ended",
+                shape.pairings,
+                one(
+                    "SELECT count(*) FROM temporary_enrollment_pairings "
+                    "WHERE workflow_state = 'ended'"
+                ),
+            ),
+            Check(
+                "pairing audit rows",
+                shape.pairings,
+                one(
+                    "SELECT count(*) FROM temporary_enrollment_state_changes "
+                    "WHERE context_type = 'TemporaryEnrollmentPairing'"
+                ),
+            ),
+            Check(
+                "unrelated enrollments untouched",
+                0,
+                one(
+                    "SELECT count(*) FROM enrollments WHERE temporary_enrollment_pairing_id "
+                    "IS NULL AND updated_at > created_at"
+                ),
+            ),
+        ]
+
+
+def baseline(
+    url: str, rows: int, per_pairing: int, as_of: dt.datetime = AS_OF
+) -> tuple[float, int]:
+    """The per-row way, as Canvas's `EnrollmentState.recalculate_expired_states` does it.
+
+    Canvas loads up to 250 expired enrollments as objects, then for each one recalculates and
+    saves its state (`process_states_for` -> `ensure_current_state` -> `save`), every save its
+    own transaction, and goes again until none is left. Here likewise: 250 due enrollments (with
+    their pairings) loaded as ORM objects, then each one changed in Python (its state,
+    `updated_at`, `completed_at`, and an audit row, so that it does the work the sweep does) and
+    flushed and committed on its own. It runs over the first `rows` due enrollments (whole
+    pairings) and returns the seconds taken and the rows changed.
+    """
+    engine = make_engine(sqlalchemy_url(url))
+    factory = make_sessionmaker(engine)
+    last_pairing = max(1, rows // per_pairing)
+    due = lifecycle.due_enrollments(as_of)
+    run_id = lifecycle.new_run_id()
+    changed = 0
+    started = time.monotonic()
+    with factory() as session:
+        while True:
+            batch = session.execute(
+                select(Enrollment, TemporaryEnrollmentPairing)
+                .join(
+                    TemporaryEnrollmentPairing,
+                    TemporaryEnrollmentPairing.id == Enrollment.temporary_enrollment_pairing_id,
+                )
+                .where(
+                    due,
+                    TemporaryEnrollmentPairing.workflow_state == "active",
+                    Enrollment.temporary_enrollment_pairing_id <= last_pairing,
+                )
+                .limit(BASELINE_BATCH)
+            ).all()
+            session.commit()
+            if not batch:
+                break
+            for enrollment, pairing in batch:
+                state = lifecycle.resolve_ending_state(pairing.ending_enrollment_state) or "deleted"
+                now = utcnow()
+                session.add(
+                    StateChange(
+                        context_type=lifecycle.ENROLLMENT,
+                        context_id=enrollment.id,
+                        temporary_enrollment_pairing_id=pairing.id,
+                        root_account_id=enrollment.root_account_id,
+                        from_state=enrollment.workflow_state,
+                        to_state=state,
+                        reason=lifecycle.REASON_EXPIRED,
+                        run_id=run_id,
+                        created_at=now,
+                    )
+                )
+                enrollment.workflow_state = state
+                enrollment.updated_at = now
+                if state == "completed":
+                    enrollment.completed_at = as_of
+                session.commit()  # one row, one transaction: an ActiveRecord `save`
+                changed += 1
+    seconds = time.monotonic() - started
+    engine.dispose()
+    return seconds, changed
+
+
+def idle(
+    urls: list[str], runs: int, batch_size: int, as_of: dt.datetime = AS_OF
+) -> list[list[float]]:
+    """Seconds of `runs` sweeps with nothing due on each database, in one warm process as a
+    worker is. The databases take turns, run by run, so that what the machine is doing at the
+    moment (other processes, the disk's flush latency, which dominates an idle sweep's single
+    commit) weighs on each of them alike."""
+    factories = [make_sessionmaker(make_engine(sqlalchemy_url(url))) for url in urls]
+    times: list[list[float]] = [[] for _ in urls]
+    try:
+        for factory in factories:
+            # One run first, untimed: a worker's process is warm (connected, statements compiled).
+            lifecycle.run_sweep(factory, as_of=as_of, batch_size=batch_size, trigger="bench")
+        for _ in range(runs):
+            for factory, spent in zip(factories, times, strict=True):
+                started = time.monotonic()
+                summary = lifecycle.run_sweep(
+                    factory, as_of=as_of, batch_size=batch_size, trigger="bench"
+                )
+                spent.append(time.monotonic() - started)
+                if summary.enrollments_changed_total:
+                    raise RuntimeError("an idle sweep found work: the data is not what was built")
+    finally:
+        for factory in factories:
+            bind = factory.kw["bind"]
+            bind.dispose()
+    return times

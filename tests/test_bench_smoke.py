@@ -1,0 +1,87 @@
+"""A tiny run of the benchmark (bench/): every measurement runs and its counts are right.
+
+No timings are asserted; they mean nothing at this size. What can fail here is the benchmark's
+own bookkeeping: data built with the wrong shape, a sweep (alone or with others at once) that
+changes a row twice or misses one, a per-row baseline or a live worker that does not finish.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import run as bench
+from tests import services
+
+pytestmark = pytest.mark.postgres
+
+TINY = bench.Options(
+    pairings=40,
+    per_pairing=3,
+    unrelated=300,
+    repeat=1,
+    batch_size=7,  # several batches, so keyset paging and claims across batches are exercised
+    baseline_rows=30,
+    idle_factor=2,
+    idle_runs=2,
+    concurrency=(1, 2, 3),
+    lateness=False,
+    explain=True,
+)
+
+
+@pytest.fixture(autouse=True)
+def _postgres() -> None:
+    error = services.postgres_reachable()
+    if error is not None:
+        services.unavailable("PostgreSQL", error)
+
+
+def test_every_measurement_runs_and_counts_are_exact() -> None:
+    results = bench.run(TINY, progress=lambda _: None)
+
+    failed = [c for c in results.checks if not c.ok]
+    assert failed == []
+    whats = {c.what for c in results.checks}
+    # Each measurement checked its own counts: floor, sweep, exactly-once, idle growth,
+    # baseline, the RSS comparison and every concurrent run.
+    for expected in (
+        "floor run 1: rows updated",
+        "sweep run 1: changed",
+        "enrollments audited",
+        "rows after growing",
+        "per-row baseline: rows changed",
+        "small sweep: changed",
+        "2 sweepers: changed in total",
+        "3 sweepers: enrollments audited",
+    ):
+        assert expected in whats
+    assert {c.found for c in results.checks if c.what == "sweep run 1: changed"} == {120}
+    measures = [row.measure for row in results.rows]
+    assert any(m.startswith("sweep time / floor time") for m in measures)
+    assert any(m.startswith("3 sweepers") for m in measures)
+    assert "expire + audit (one data-modifying CTE)" in results.explain
+    assert "Update on enrollments" in results.explain["expire + audit (one data-modifying CTE)"]
+    table = bench.table(results)
+    assert table.startswith("| measure | value | target | met |")
+    assert f"{len(results.checks)}/{len(results.checks)} checks as expected" in table
+
+
+@pytest.mark.redis
+@pytest.mark.integration
+def test_lateness_with_a_live_worker_and_beat(redis_url: str) -> None:
+    results = bench.Results()
+    options = bench.Options(
+        lateness_enrollments=20, lateness_spread=2.0, interval=1.0, redis_url=redis_url
+    )
+
+    bench._lateness(options, results, progress=lambda _: None)
+
+    assert [(c.expected, c.found) for c in results.checks] == [(20, 20)]
+    assert results.figures["lateness_p99"] >= results.figures["lateness_p50"] >= 0
+
+
+def test_bad_arguments_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse(["--concurrency", "two"])
+    assert exit_.value.code == 2
+    assert "--concurrency 'two': give counts such as 1,2,4" in capsys.readouterr().err
