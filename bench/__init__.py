@@ -1,1 +1,1 @@
-"""The sweep's benchmark on PostgreSQL (issue 4): `python -m bench --help`, docs/bench.md."""
+"""The sweep's benchmark on PostgreSQL (issue 4): `python -m bench --help`, README "Benchmark"."""

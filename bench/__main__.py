@@ -1,4 +1,4 @@
-"""`python -m bench`: see bench/run.py and docs/bench.md."""
+"""`python -m bench`: see bench/run.py and the README, "Benchmark"."""
 
 from bench.run import main
 
