@@ -75,9 +75,6 @@ def upgrade() -> None:
             ["temporary_enrollment_pairing_id", "id"],
             unique=False,
         )
-        batch_op.create_index(
-            "index_temporary_enrollment_state_changes_on_run_id", ["run_id"], unique=False
-        )
 
     op.create_table(
         "temporary_enrollment_sweep_runs",
@@ -456,7 +453,6 @@ def downgrade() -> None:
 
     op.drop_table("temporary_enrollment_sweep_runs")
     with op.batch_alter_table("temporary_enrollment_state_changes", schema=None) as batch_op:
-        batch_op.drop_index("index_temporary_enrollment_state_changes_on_run_id")
         batch_op.drop_index("index_temporary_enrollment_state_changes_on_pairing_id")
         batch_op.drop_index("index_temporary_enrollment_state_changes_on_created_at")
 
