@@ -15,9 +15,9 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
 from api.errors import bad_request
@@ -378,3 +378,7 @@ def documented(
     if body:
         extra["requestBody"] = request_body(body, required=body_required)
     return extra
+
+
+# The merged parameters of a request, as a route dependency (one definition for every router).
+ParamsDep = Annotated[Params, Depends(read_params)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -22,13 +22,12 @@ from api.context import (
 )
 from api.db import DatabaseDep
 from api.errors import bad_request
-from api.params import DATE_TIME, Field, Params, documented, read_params, string_schema
+from api.params import DATE_TIME, Field, ParamsDep, documented, string_schema
 from api.schemas import AccountJson, CourseJson, SectionJson, UserJson
 from models import CommunicationChannel, Course, CourseSection, Pseudonym, User, transaction
 
 router = APIRouter(prefix="/api/v1")
 
-ParamsDep = Annotated[Params, Depends(read_params)]
 
 DEFAULT_COURSE_NAME = "Unnamed Course"  # what Canvas names a course created without a name
 # Deliberately loose: Canvas accepts any address with one @ and a dot in its domain.

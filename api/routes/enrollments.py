@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
@@ -27,9 +27,9 @@ from api.params import (
     DATE_TIME,
     Field,
     Params,
+    ParamsDep,
     documented,
     integer_schema,
-    read_params,
     string_schema,
 )
 from api.schemas import EnrollmentJson
@@ -50,7 +50,6 @@ from tasks import lifecycle
 
 router = APIRouter(prefix="/api/v1")
 
-ParamsDep = Annotated[Params, Depends(read_params)]
 Pairing = TemporaryEnrollmentPairing
 
 # Canvas lets a new enrollment start in these states; `invited` when none is given.

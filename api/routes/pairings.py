@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from api.db import DatabaseDep
 from api.errors import ApiError, not_found, unprocessable
 from api.pagination import FIELDS as PAGE_FIELDS
 from api.pagination import LINK_HEADER_DOC, paginate, requested_page
-from api.params import Field, Params, documented, read_params, string_schema
+from api.params import Field, ParamsDep, documented, string_schema
 from api.schemas import TemporaryEnrollmentPairingJson
 from models import (
     DEFAULT_ENDING_ENROLLMENT_STATE,
@@ -34,7 +34,6 @@ from tasks.events import record_pairing_created
 
 router = APIRouter(prefix="/api/v1/accounts/{account_id}/temporary_enrollment_pairings")
 
-ParamsDep = Annotated[Params, Depends(read_params)]
 PairingJson = TemporaryEnrollmentPairingJson
 PairingIdPath = Annotated[int, id_path("temporary enrollment pairing")]
 
