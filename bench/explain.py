@@ -50,8 +50,11 @@ def _one_batch(url: str, batch_size: int) -> dict[str, tuple[str, Any]]:
         started_at=utcnow(),
     )
     with transaction(make_sessionmaker(engine), commit=False) as session:
-        _, pairings = lifecycle._next_window(session, AS_OF, None, None, batch_size)
-        lifecycle.expire_batch(session, sorted(pairings), summary, write=True)
+        _, window = lifecycle._next_window(
+            session, AS_OF, None, None, max(batch_size, lifecycle.WINDOW_SIZE)
+        )
+        first = next(window.batches(batch_size, done=()), [])
+        lifecycle.expire_batch(session, first, summary, write=True)
     engine.dispose()
 
     # What each statement does, told by its text. (The pairings' own audit rows are sent as a

@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import (
@@ -45,7 +45,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from models import (
@@ -64,17 +64,28 @@ from models import (
 
 log = logging.getLogger("tep.lifecycle")
 
-# Due enrollments read per transaction. Each transaction expires every due enrollment of the
-# pairings those rows belong to, so this bounds the pairings (and locks) per commit. Measured with
-# bench/ on a backlog of 1,000,000 due enrollments (bench/RESULTS.md; floor 14-16 s): a batch's
-# cost is writing its rows, and every batch is one more pass over the table's pages, so bigger
-# batches are faster with quickly diminishing returns (25,000: 34 s, 100,000: 29-33 s, 250,000:
-# 31-32 s, 1,000,000 in one: 27 s), while the sweeping process's peak RSS grows with the batch
-# (107, 123, 185 MB for 100,000, 250,000, 1,000,000) and a batch holds its pairings' row locks
-# until it commits (about 4 s at 100,000, which an API call ending one of them waits for).
-# 100,000 is where the time has flattened out. An ordinary sweep finds far fewer due rows than
-# this and is one batch whatever the setting.
-DEFAULT_BATCH_SIZE = 100_000
+# How a sweep goes through a backlog, measured with bench/ on 1,000,000 due enrollments among
+# 2,000,000 (bench/RESULTS.md).
+#
+# WINDOW_SIZE due rows are read at a time, in (end_at, id) order, from the sweep's partial index;
+# only their distinct pairings come back, in id order, with a count each (0.7 s for 1,000,000
+# rows). The window's pairings are then expired in id order, DEFAULT_BATCH_SIZE due rows' worth
+# per transaction. Id order matters: a pairing's enrollments are created together, so pairing id
+# order is (near enough) the table's physical order, and each batch writes one stretch of the
+# table whose pages are dirtied once, as a single UPDATE of everything would. Batches taken in
+# end_at order each touched pages all over the table, and every batch was another pass over it:
+# the same sweep took 44 s instead of 35 s (floor 20-23 s). The window's pairings are held in
+# Python: at most one per row, in practice a few MB (peak RSS 93 MB for this backlog).
+WINDOW_SIZE = 1_000_000
+
+# Due enrollments per transaction. Each transaction expires every due enrollment of its pairings,
+# so this bounds the pairings (and row locks) per commit. Since batches follow the table's order,
+# their size hardly moves a large sweep's time (10,000: 35.2 s; 20,000: 35.8 s; 100,000: 35.2 and
+# 37.3 s; one run each, same machine), so it is chosen for what else it bounds: a batch holds its
+# pairings' locks until it commits, which an API call ending one of them waits for (about 1 s at
+# 25,000, 3.5 s at 100,000). An ordinary sweep finds far fewer due rows than this and is one
+# batch whatever the setting.
+DEFAULT_BATCH_SIZE = 25_000
 
 # Why a change was made; stored in the audit table's `reason`.
 REASON_EXPIRED = "expired"
@@ -253,14 +264,14 @@ def _next_window(
     account_id: int | None,
     after: tuple[dt.datetime, int] | None,
     limit: int,
-) -> tuple[tuple[dt.datetime, int] | None, set[int]]:
+) -> tuple[tuple[dt.datetime, int] | None, DueWindow]:
     """The next `limit` due enrollments in (end_at, id) order, after the keyset `after`: the
-    window's last key (None when it is empty) and the pairings its rows belong to.
+    window's last key (None when it is empty) and its pairings, in id order, with how many of
+    the window's rows each has.
 
     Paging by keyset keeps every read an index range scan, so a sweep costs O(due rows) however
     large the table, and a pairing that is skipped or locked elsewhere is stepped over, not re-read.
-    The rows are read one by one and not kept: only the pairings and the end of the window are
-    needed, and a kept window of tuples would be the biggest thing in the sweeping process.
+    The rows themselves are not kept: only the pairings and the end of the window are needed.
     """
     stmt = select(
         Enrollment.end_at, Enrollment.id, Enrollment.temporary_enrollment_pairing_id
@@ -271,41 +282,79 @@ def _next_window(
     if session.get_bind().dialect.name == "postgresql":
         return _summarise_window_in_the_database(session, stmt)
     last: tuple[dt.datetime, int] | None = None
-    pairings: set[int] = set()
+    counts: dict[int, int] = {}
     for end_at, id_, pairing_id in session.execute(stmt):
         # end_at and the pairing id are NOT NULL here: the due predicate requires both.
         if end_at is not None and pairing_id is not None:
             last = (end_at, id_)
-            pairings.add(pairing_id)
-    return last, pairings
+            counts[pairing_id] = counts.get(pairing_id, 0) + 1
+    ids = sorted(counts)
+    return last, DueWindow(ids, [counts[i] for i in ids])
 
 
 def _summarise_window_in_the_database(
     session: Session, window_rows: Select[dt.datetime | None, int, int | None]
-) -> tuple[tuple[dt.datetime, int] | None, set[int]]:
-    """PostgreSQL: the window's last key and its distinct pairings, computed by the server.
+) -> tuple[tuple[dt.datetime, int] | None, DueWindow]:
+    """PostgreSQL: the window's last key and its pairings with their row counts, computed by
+    the server and sent as two arrays.
 
-    A window is up to a batch of rows (100,000 by default) of which only the last key and the
-    few thousand distinct pairings matter; sending every row to Python to find them cost more
-    than the rest of the batch's bookkeeping together (bench/), and memory that grew with the
-    batch size.
+    A window is up to a million rows of which only the last key and the distinct pairings
+    matter; sending every row to Python to find them cost more than the rest of a batch's
+    bookkeeping together (bench/), and memory that grew with the window.
     """
     window = window_rows.cte("window")
+    per_pairing = (
+        select(
+            window.c.temporary_enrollment_pairing_id.label("pairing_id"),
+            func.count().label("due"),
+        )
+        .group_by(window.c.temporary_enrollment_pairing_id)
+        .cte("per_pairing")
+    )
     newest = select(window.c.end_at, window.c.id).order_by(
         window.c.end_at.desc(), window.c.id.desc()
     )
+
+    def in_id_order(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        return select(
+            func.array_agg(aggregate_order_by(column, per_pairing.c.pairing_id))
+        ).scalar_subquery()
+
     row = session.execute(
         select(
-            select(func.array_agg(window.c.temporary_enrollment_pairing_id.distinct()))
-            .scalar_subquery()
-            .label("pairings"),
+            in_id_order(per_pairing.c.pairing_id).label("pairings"),
+            in_id_order(per_pairing.c.due).label("due"),
             newest.with_only_columns(window.c.end_at).limit(1).scalar_subquery().label("end_at"),
             newest.with_only_columns(window.c.id).limit(1).scalar_subquery().label("id"),
         )
     ).one()
     if row.end_at is None:
-        return None, set()
-    return (row.end_at, row.id), set(row.pairings)
+        return None, DueWindow([], [])
+    return (row.end_at, row.id), DueWindow(row.pairings, row.due)
+
+
+@dataclasses.dataclass(frozen=True)
+class DueWindow:
+    """A window's pairings in id order, and how many of the window's due rows each has."""
+
+    pairing_ids: list[int]
+    due: list[int]
+
+    def batches(self, batch_size: int, done: Container[int]) -> Iterator[list[int]]:
+        """The pairings not in `done`, in id order, cut into runs of about `batch_size` due
+        enrollments each; a pairing is never split between two batches."""
+        batch: list[int] = []
+        rows = 0
+        for pairing_id, due in zip(self.pairing_ids, self.due, strict=True):
+            if pairing_id in done:
+                continue
+            batch.append(pairing_id)
+            rows += due
+            if rows >= batch_size:
+                yield batch
+                batch, rows = [], 0
+        if batch:
+            yield batch
 
 
 def pairings_missing_end_at(
@@ -729,16 +778,26 @@ def expire_batch(
 ProgressCallback = Callable[[RunSummary], None]
 
 
-def _plan_each_batch_afresh(session: Session) -> None:
-    """PostgreSQL: plan this transaction's statements for their actual parameters.
+def _plan_for_the_sweep(session: Session) -> None:
+    """PostgreSQL: plan this transaction's statements for their actual parameters, without JIT.
 
-    psycopg prepares a statement it has run five times, and PostgreSQL then switches to a generic
-    plan that ignores the parameter values. For a sweep batch, whose arrays hold anything from one
-    pairing to tens of thousands, that plan was measured at three times the time of a custom one
-    (bench/). Planning costs milliseconds; a batch writes for seconds.
+    * psycopg prepares a statement it has run five times, and PostgreSQL then switches to a
+      generic plan that ignores the parameter values. For a sweep batch, whose arrays hold
+      anything from one pairing to tens of thousands, that plan was measured at three times the
+      time of a custom one (bench/). Planning costs milliseconds; a batch writes for seconds.
+    * JIT compilation pays off for long scans and aggregates; a sweep's statements are index
+      lookups and writes. The window's row estimate (a million-row LIMIT) put its cost above
+      `jit_above_cost`, so an idle sweep compiled for 8 ms to read an empty index range, and a
+      larger table, with larger estimates, made it compile more (bench/, the idle figures).
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+        # set_config(..., true) is SET LOCAL: both end with the transaction, in one round trip.
+        session.execute(
+            text(
+                "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+                "set_config('jit', 'off', true)"
+            )
+        )
 
 
 def run_sweep(
@@ -748,13 +807,16 @@ def run_sweep(
     dry_run: bool = False,
     account_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    window_size: int = WINDOW_SIZE,
     trigger: str = "manual",
     on_batch: ProgressCallback | None = None,
 ) -> RunSummary:
     """Expire everything due at `as_of` (default: now), batch by batch. Idempotent.
 
-    Each batch is its own transaction. A dry run takes the same path, counts instead of writing,
-    and rolls every batch back, so what it reports is what a real run at that moment would do.
+    The due rows are read a window at a time (`window_size` rows, in `end_at` order); the
+    window's pairings are then expired in id order, `batch_size` due rows' worth at a time, each
+    batch its own transaction. A dry run takes the same path, counts instead of writing, and
+    rolls every batch back, so what it reports is what a real run at that moment would do.
     """
     started_at = utcnow()
     as_of = require_aware(as_of) if as_of is not None else started_at
@@ -767,6 +829,7 @@ def run_sweep(
         started_at=started_at,
     )
     with transaction(factory, commit=False) as session:
+        _plan_for_the_sweep(session)
         if account_id is not None:
             require_root_account(session, account_id)
         # Pairings with an undated live enrollment are never due, so no window would meet them;
@@ -774,23 +837,30 @@ def run_sweep(
         for bad in pairings_missing_end_at(session, account_id=account_id):
             summary.skip(bad)
 
+    # Pairings already handled: in a dry run nothing changes, so a pairing with due rows in two
+    # windows would be met (and counted) twice. A real run expires every due enrollment of a
+    # pairing at once, so its later rows are gone from the index by the next window.
     seen: set[int] = set()
+    done = seen if dry_run else summary.skipped.keys()
     after: tuple[dt.datetime, int] | None = None
     while True:
-        with transaction(factory, commit=not dry_run) as session:
-            _plan_each_batch_afresh(session)
-            last, pairings = _next_window(session, as_of, account_id, after, batch_size)
-            if last is None:
-                break
-            after = last
-            # A pairing with enrollments in several windows was wholly handled at its first.
-            fresh = pairings - seen - summary.skipped.keys()
-            seen |= fresh
-            if fresh:
-                expire_batch(session, sorted(fresh), summary, write=not dry_run)
+        with transaction(factory, commit=False) as session:
+            _plan_for_the_sweep(session)
+            last, window = _next_window(
+                session, as_of, account_id, after, max(batch_size, window_size)
+            )
+        if last is None:
+            break
+        after = last
+        for pairing_ids in window.batches(batch_size, done):
+            with transaction(factory, commit=not dry_run) as session:
+                _plan_for_the_sweep(session)
+                expire_batch(session, pairing_ids, summary, write=not dry_run)
                 summary.batches += 1
-        if on_batch is not None:
-            on_batch(summary)
+            if dry_run:
+                seen.update(pairing_ids)
+            if on_batch is not None:
+                on_batch(summary)
 
     summary.finished_at = utcnow()
     if not dry_run:
