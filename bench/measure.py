@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import multiprocessing
 import resource
 import time
@@ -74,6 +75,9 @@ class SweepResult:
     batches: int
     peak_rss_mb: float
     finished_at: float  # time.monotonic() in the child
+    # The longest stretch between two commits: at most what one batch held its pairings' row
+    # locks for (the first stretch also holds the run's opening reads).
+    longest_batch: float
 
 
 def floor(url: str, as_of: dt.datetime = AS_OF) -> tuple[float, int]:
@@ -95,7 +99,14 @@ def _sweep_child(
     if start is not None:
         start.wait()
     started = time.monotonic()
-    summary = lifecycle.run_sweep(factory, as_of=as_of, batch_size=batch_size, trigger="bench")
+    commits = [started]
+    summary = lifecycle.run_sweep(
+        factory,
+        as_of=as_of,
+        batch_size=batch_size,
+        trigger="bench",
+        on_batch=lambda _: commits.append(time.monotonic()),
+    )
     finished = time.monotonic()
     engine.dispose()
     results.put(
@@ -107,6 +118,7 @@ def _sweep_child(
             # ru_maxrss is in KiB on Linux.
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             finished_at=finished,
+            longest_batch=max((b - a for a, b in itertools.pairwise(commits)), default=0.0),
         )
     )
 

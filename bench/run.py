@@ -47,6 +47,8 @@ class Options:
     idle_factor: int = 10
     idle_runs: int = 25
     concurrency: tuple[int, ...] = (1, 2, 4)
+    # More sweeps of the same backlog at other batch sizes (one run each), to tune the default.
+    batch_sizes: tuple[int, ...] = ()
     lateness_enrollments: int = 1_000
     lateness_spread: float = 60.0
     interval: float = 5.0
@@ -124,6 +126,7 @@ def run(options: Options, progress: Progress = _stderr) -> Results:
         results.figures["build_seconds"] = time.monotonic() - started
 
         _floor_and_sweep(options, template, results, progress)
+        _batch_sizes(options, template, results, progress)
         _baseline(options, template, results, progress)
         _rss(options, results, progress)
         _concurrency(options, template, results, progress)
@@ -153,7 +156,8 @@ def _floor_and_sweep(options: Options, template: str, results: Results, progress
             sweeps.append(result)
             progress(
                 f"sweep {attempt}/{options.repeat}: {result.seconds:.2f} s, "
-                f"{result.batches} batches, peak RSS {result.peak_rss_mb:.0f} MB"
+                f"{result.batches} batches (longest {result.longest_batch:.2f} s), "
+                f"peak RSS {result.peak_rss_mb:.0f} MB"
             )
             results.checks.append(
                 measure.Check(f"sweep run {attempt}: changed", shape.due, result.changed)
@@ -183,8 +187,33 @@ def _floor_and_sweep(options: Options, template: str, results: Results, progress
         f"<= {MAX_SWEEP_OVER_FLOOR}",
         sweep / floor <= MAX_SWEEP_OVER_FLOOR,
     )
+    results.add(
+        "longest batch (row locks held, at most), median of the sweeps",
+        f"{statistics.median(s.longest_batch for s in sweeps):.2f} s",
+    )
     results.figures["sweep_rows_per_second"] = shape.due / sweep
     results.rows.extend(idle.rows)
+
+
+def _batch_sizes(options: Options, template: str, results: Results, progress: Progress) -> None:
+    """The same sweep at other batch sizes, one run each, against the floor's median."""
+    floor = statistics.median(results.figures["floor_seconds"])
+    for size in options.batch_sizes:
+        with _copy(template) as url:
+            _, (result,) = measure.sweepers(url, 1, size)
+        results.checks.append(
+            measure.Check(f"sweep at batch {size:,}: changed", options.shape.due, result.changed)
+        )
+        progress(
+            f"batch {size:,}: {result.seconds:.2f} s, {result.batches} batches "
+            f"(longest {result.longest_batch:.2f} s)"
+        )
+        results.add(
+            f"sweep at batch {size:,}: {result.batches} batches, longest "
+            f"{result.longest_batch:.2f} s",
+            f"{result.seconds:.2f} s, {result.seconds / floor:.2f} x floor",
+        )
+        results.figures[f"batch_{size}"] = dataclasses.asdict(result)
 
 
 def _idle(options: Options, url: str, results: Results, progress: Progress) -> None:
@@ -389,6 +418,7 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--idle-factor", type=int, default=defaults.idle_factor)
     add("--idle-runs", type=int, default=defaults.idle_runs)
     add("--concurrency", default="1,2,4", help="sweepers at once, comma-separated")
+    add("--batch-sizes", default="", help="also sweep at these batch sizes, comma-separated")
     add("--lateness-enrollments", type=int, default=defaults.lateness_enrollments)
     add("--lateness-spread", type=float, default=defaults.lateness_spread, help="seconds")
     add("--interval", type=float, default=defaults.interval, help="beat interval, seconds")
@@ -405,6 +435,12 @@ def parse(argv: list[str] | None = None) -> Options:
         concurrency = tuple(int(n) for n in args.concurrency.split(","))
     except ValueError:
         parser.error(f"--concurrency {args.concurrency!r}: give counts such as 1,2,4")
+    try:
+        batch_sizes = tuple(int(n) for n in args.batch_sizes.split(",") if n.strip())
+    except ValueError:
+        parser.error(f"--batch-sizes {args.batch_sizes!r}: give sizes such as 10000,100000")
+    if any(size < 1 for size in batch_sizes):
+        parser.error("--batch-sizes must all be at least 1")
     options = Options(
         pairings=args.pairings,
         per_pairing=args.per_pairing,
@@ -415,6 +451,7 @@ def parse(argv: list[str] | None = None) -> Options:
         idle_factor=args.idle_factor,
         idle_runs=args.idle_runs,
         concurrency=concurrency,
+        batch_sizes=batch_sizes,
         lateness_enrollments=args.lateness_enrollments,
         lateness_spread=args.lateness_spread,
         interval=args.interval,
