@@ -311,8 +311,12 @@ def _summarise_window_in_the_database(
         .group_by(window.c.temporary_enrollment_pairing_id)
         .cte("per_pairing")
     )
-    newest = select(window.c.end_at, window.c.id).order_by(
-        window.c.end_at.desc(), window.c.id.desc()
+    # The window's last key, in one sort: the window CTE is not guaranteed to come out in order.
+    newest = (
+        select(window.c.end_at, window.c.id)
+        .order_by(window.c.end_at.desc(), window.c.id.desc())
+        .limit(1)
+        .subquery("newest")
     )
 
     def in_id_order(column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -322,13 +326,13 @@ def _summarise_window_in_the_database(
 
     row = session.execute(
         select(
+            newest.c.end_at,
+            newest.c.id,
             in_id_order(per_pairing.c.pairing_id).label("pairings"),
             in_id_order(per_pairing.c.due).label("due"),
-            newest.with_only_columns(window.c.end_at).limit(1).scalar_subquery().label("end_at"),
-            newest.with_only_columns(window.c.id).limit(1).scalar_subquery().label("id"),
-        )
-    ).one()
-    if row.end_at is None:
+        ).select_from(newest)
+    ).one_or_none()
+    if row is None or row.end_at is None:
         return None, DueWindow([], [])
     return (row.end_at, row.id), DueWindow(row.pairings, row.due)
 
@@ -837,11 +841,12 @@ def run_sweep(
         for bad in pairings_missing_end_at(session, account_id=account_id):
             summary.skip(bad)
 
-    # Pairings already handled: in a dry run nothing changes, so a pairing with due rows in two
-    # windows would be met (and counted) twice. A real run expires every due enrollment of a
-    # pairing at once, so its later rows are gone from the index by the next window.
-    seen: set[int] = set()
-    done = seen if dry_run else summary.skipped.keys()
+    # Pairings not to take again: those skipped (bad data), and in a dry run every one already
+    # counted, since nothing changes and a pairing with due rows in two windows would be met (and
+    # counted) twice. A real run expires all of a pairing's due rows at once, so its later rows
+    # are gone from the index by the next window.
+    seen: set[int] = set(summary.skipped)
+    done: Container[int] = seen if dry_run else summary.skipped.keys()
     after: tuple[dt.datetime, int] | None = None
     while True:
         with transaction(factory, commit=False) as session:

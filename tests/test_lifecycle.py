@@ -243,6 +243,7 @@ def test_dry_run_reports_the_real_run_and_writes_nothing(
     f.temporary_pairing(session, root, [T - DAY, T - DAY], ending_state="completed")
     f.temporary_pairing(session, root, [T - DAY, T + DAY], ending_state="inactive")
     f.temporary_pairing(session, root, [T - DAY], ending_state="nonsense")
+    f.temporary_pairing(session, root, [T - DAY, None])  # skipped: a live row without end_at
     session.commit()
     snapshot = session.execute(
         select(Enrollment.id, Enrollment.workflow_state, Enrollment.updated_at).order_by(
@@ -271,6 +272,7 @@ def test_dry_run_reports_the_real_run_and_writes_nothing(
     assert preview.dry_run and not real.dry_run
     assert {k: preview.to_json()[k] for k in keys} == {k: real.to_json()[k] for k in keys}
     assert real.enrollments_changed == {"deleted": 0, "completed": 2, "inactive": 1}
+    assert len(real.skipped) == 2
 
 
 def test_account_filter_limits_the_run_to_one_root_account(
