@@ -53,10 +53,8 @@ def _one_batch(url: str, batch_size: int) -> dict[str, tuple[str, Any]]:
         started_at=utcnow(),
     )
     with transaction(make_sessionmaker(engine), commit=False) as session:
-        _, window = lifecycle._next_window(
-            session, AS_OF, None, None, max(batch_size, lifecycle.WINDOW_SIZE)
-        )
-        first = next(window.batches(batch_size, done=()), [])
+        _, window = lifecycle._next_window(session, AS_OF, None, None, lifecycle.WINDOW_SIZE)
+        first = next(lifecycle._batches(window, batch_size, done=()), [])
         lifecycle.expire_batch(session, first, summary, write=True)
     engine.dispose()
 

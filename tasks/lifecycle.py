@@ -68,24 +68,24 @@ log = logging.getLogger("tep.lifecycle")
 # 2,000,000 (bench/RESULTS.md).
 #
 # WINDOW_SIZE due rows are read at a time, in (end_at, id) order, from the sweep's partial index;
-# only their distinct pairings come back, in id order, with a count each (0.7 s for 1,000,000
-# rows). The window's pairings are then expired in id order, DEFAULT_BATCH_SIZE due rows' worth
-# per transaction. Id order matters: a pairing's enrollments are created together, so pairing id
-# order is (near enough) the table's physical order, and each batch writes one stretch of the
-# table whose pages are dirtied once, as a single UPDATE of everything would. Batches taken in
-# end_at order each touched pages all over the table, and every batch was another pass over it:
-# the same sweep took 44 s instead of 35 s (floor 20-23 s). The window's pairings are held in
-# Python: at most one per row, in practice a few MB (peak RSS 93 MB for this backlog).
+# only their distinct pairings come back, in id order (0.6 s for 1,000,000 rows). They are then
+# expired in id order, DEFAULT_BATCH_SIZE pairings per transaction. Id order matters: a pairing's
+# enrollments are created together, so pairing id order is (near enough) the table's physical
+# order, and each batch writes one stretch of the table whose pages are dirtied once, as a single
+# UPDATE of everything would. Batches taken in end_at order each touched pages all over the
+# table, and every batch was another pass over it: the same sweep took 44 s instead of 35 s
+# (floor 20-23 s). The window's pairings are held in Python: at most one per row, in practice a
+# few MB (peak RSS 93 MB for this backlog of 100,000 pairings).
 WINDOW_SIZE = 1_000_000
 
-# Due enrollments per transaction. Each transaction expires every due enrollment of its pairings,
-# so this bounds the pairings (and row locks) per commit. Since batches follow the table's order,
-# their size hardly moves a large sweep's time (10,000: 35.2 s; 20,000: 35.8 s; 100,000: 35.2 and
-# 37.3 s; one run each, same machine), so it is chosen for what else it bounds: a batch holds its
-# pairings' locks until it commits, which an API call ending one of them waits for (about 1 s at
-# 25,000, 3.5 s at 100,000). An ordinary sweep finds far fewer due rows than this and is one
-# batch whatever the setting.
-DEFAULT_BATCH_SIZE = 25_000
+# Pairings per transaction (TEP_BATCH_SIZE; DESIGN.md section 5). A transaction expires every due
+# enrollment of its pairings and holds their row locks until it commits, which an API call
+# ending one of them waits for. Since batches follow the table's order, their size hardly moves a
+# large sweep's time (pairings of 10 due rows: 1,000 a batch 35.2 s, 2,500 35.5-38.0 s, 10,000
+# 34.8 s), so it is set by the lock time: the longest batch took 1.2, 1.6 and 3.8 s (the first
+# one includes reading the window). An ordinary sweep finds far fewer due pairings than this
+# and is one batch whatever the setting.
+DEFAULT_BATCH_SIZE = 2_500
 
 # Why a change was made; stored in the audit table's `reason`.
 REASON_EXPIRED = "expired"
@@ -264,10 +264,9 @@ def _next_window(
     account_id: int | None,
     after: tuple[dt.datetime, int] | None,
     limit: int,
-) -> tuple[tuple[dt.datetime, int] | None, DueWindow]:
+) -> tuple[tuple[dt.datetime, int] | None, list[int]]:
     """The next `limit` due enrollments in (end_at, id) order, after the keyset `after`: the
-    window's last key (None when it is empty) and its pairings, in id order, with how many of
-    the window's rows each has.
+    window's last key (None when it is empty) and its distinct pairings, in id order.
 
     Paging by keyset keeps every read an index range scan, so a sweep costs O(due rows) however
     large the table, and a pairing that is skipped or locked elsewhere is stepped over, not re-read.
@@ -282,35 +281,27 @@ def _next_window(
     if session.get_bind().dialect.name == "postgresql":
         return _summarise_window_in_the_database(session, stmt)
     last: tuple[dt.datetime, int] | None = None
-    counts: dict[int, int] = {}
+    pairings: set[int] = set()
     for end_at, id_, pairing_id in session.execute(stmt):
         # end_at and the pairing id are NOT NULL here: the due predicate requires both.
         if end_at is not None and pairing_id is not None:
             last = (end_at, id_)
-            counts[pairing_id] = counts.get(pairing_id, 0) + 1
-    ids = sorted(counts)
-    return last, DueWindow(ids, [counts[i] for i in ids])
+            pairings.add(pairing_id)
+    return last, sorted(pairings)
 
 
 def _summarise_window_in_the_database(
     session: Session, window_rows: Select[dt.datetime | None, int, int | None]
-) -> tuple[tuple[dt.datetime, int] | None, DueWindow]:
-    """PostgreSQL: the window's last key and its pairings with their row counts, computed by
-    the server and sent as two arrays.
+) -> tuple[tuple[dt.datetime, int] | None, list[int]]:
+    """PostgreSQL: the window's last key and its distinct pairings in id order, computed by the
+    server and sent as one array.
 
     A window is up to a million rows of which only the last key and the distinct pairings
     matter; sending every row to Python to find them cost more than the rest of a batch's
     bookkeeping together (bench/), and memory that grew with the window.
     """
     window = window_rows.cte("window")
-    per_pairing = (
-        select(
-            window.c.temporary_enrollment_pairing_id.label("pairing_id"),
-            func.count().label("due"),
-        )
-        .group_by(window.c.temporary_enrollment_pairing_id)
-        .cte("per_pairing")
-    )
+    pairing_id = window.c.temporary_enrollment_pairing_id
     # The window's last key, in one sort: the window CTE is not guaranteed to come out in order.
     newest = (
         select(window.c.end_at, window.c.id)
@@ -318,47 +309,28 @@ def _summarise_window_in_the_database(
         .limit(1)
         .subquery("newest")
     )
-
-    def in_id_order(column: ColumnElement[Any]) -> ColumnElement[Any]:
-        return select(
-            func.array_agg(aggregate_order_by(column, per_pairing.c.pairing_id))
-        ).scalar_subquery()
-
+    pairings = select(
+        func.array_agg(aggregate_order_by(pairing_id.distinct(), pairing_id))
+    ).scalar_subquery()
     row = session.execute(
-        select(
-            newest.c.end_at,
-            newest.c.id,
-            in_id_order(per_pairing.c.pairing_id).label("pairings"),
-            in_id_order(per_pairing.c.due).label("due"),
-        ).select_from(newest)
+        select(newest.c.end_at, newest.c.id, pairings.label("pairings")).select_from(newest)
     ).one_or_none()
     if row is None or row.end_at is None:
-        return None, DueWindow([], [])
-    return (row.end_at, row.id), DueWindow(row.pairings, row.due)
+        return None, []
+    return (row.end_at, row.id), list(row.pairings)
 
 
-@dataclasses.dataclass(frozen=True)
-class DueWindow:
-    """A window's pairings in id order, and how many of the window's due rows each has."""
-
-    pairing_ids: list[int]
-    due: list[int]
-
-    def batches(self, batch_size: int, done: Container[int]) -> Iterator[list[int]]:
-        """The pairings not in `done`, in id order, cut into runs of about `batch_size` due
-        enrollments each; a pairing is never split between two batches."""
-        batch: list[int] = []
-        rows = 0
-        for pairing_id, due in zip(self.pairing_ids, self.due, strict=True):
-            if pairing_id in done:
-                continue
+def _batches(pairing_ids: list[int], batch_size: int, done: Container[int]) -> Iterator[list[int]]:
+    """`pairing_ids` less those in `done`, in their order, `batch_size` at a time."""
+    batch: list[int] = []
+    for pairing_id in pairing_ids:
+        if pairing_id not in done:
             batch.append(pairing_id)
-            rows += due
-            if rows >= batch_size:
+            if len(batch) == batch_size:
                 yield batch
-                batch, rows = [], 0
-        if batch:
-            yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def pairings_missing_end_at(
@@ -818,8 +790,8 @@ def run_sweep(
     """Expire everything due at `as_of` (default: now), batch by batch. Idempotent.
 
     The due rows are read a window at a time (`window_size` rows, in `end_at` order); the
-    window's pairings are then expired in id order, `batch_size` due rows' worth at a time, each
-    batch its own transaction. A dry run takes the same path, counts instead of writing, and
+    window's pairings are then expired in id order, `batch_size` pairings at a time, each batch
+    its own transaction. A dry run takes the same path, counts instead of writing, and
     rolls every batch back, so what it reports is what a real run at that moment would do.
     """
     started_at = utcnow()
@@ -851,13 +823,11 @@ def run_sweep(
     while True:
         with transaction(factory, commit=False) as session:
             _plan_for_the_sweep(session)
-            last, window = _next_window(
-                session, as_of, account_id, after, max(batch_size, window_size)
-            )
+            last, window = _next_window(session, as_of, account_id, after, window_size)
         if last is None:
             break
         after = last
-        for pairing_ids in window.batches(batch_size, done):
+        for pairing_ids in _batches(window, batch_size, done):
             with transaction(factory, commit=not dry_run) as session:
                 _plan_for_the_sweep(session)
                 expire_batch(session, pairing_ids, summary, write=not dry_run)

@@ -19,7 +19,7 @@ TINY = bench.Options(
     per_pairing=3,
     unrelated=300,
     repeat=1,
-    batch_size=7,  # several batches, so claims across batches are exercised
+    batch_size=7,  # pairings: several batches, so claims across batches are exercised
     batch_sizes=(5, 50),
     baseline_rows=30,
     idle_factor=2,
@@ -62,7 +62,7 @@ def test_every_measurement_runs_and_counts_are_exact() -> None:
     measures = [row.measure for row in results.rows]
     assert any(m.startswith("sweep time / floor time") for m in measures)
     assert any(m.startswith("3 sweepers") for m in measures)
-    assert any(m.startswith("sweep at batch 50: 3 batches") for m in measures)
+    assert any(m.startswith("sweep at batch 50: 1 batches") for m in measures)
     assert "expire + audit (one data-modifying CTE)" in results.explain
     assert "Update on enrollments" in results.explain["expire + audit (one data-modifying CTE)"]
     table = bench.table(results)

@@ -291,9 +291,7 @@ def test_account_filter_limits_the_run_to_one_root_account(
         sweep(factory, account_id=999)
 
 
-@pytest.mark.parametrize(
-    ("window_size", "batches"), [(lifecycle.WINDOW_SIZE, 7), (2, 4)], ids=["one-window", "windows"]
-)
+@pytest.mark.parametrize(("window_size", "batches"), [(lifecycle.WINDOW_SIZE, 4), (2, 4), (1, 7)])
 def test_small_batches_process_every_pairing_once(
     factory: sessionmaker[Session], session: Session, window_size: int, batches: int
 ) -> None:
@@ -303,9 +301,9 @@ def test_small_batches_process_every_pairing_once(
     ]
     session.commit()
 
-    # Two due rows per batch: in one window every pairing (three due rows) is a batch of its own.
-    # With windows of two rows, each window meets two pairings by their first rows (one batch);
-    # their later rows, which later windows would have met, were expired with them.
+    # Two pairings per batch. One window holds all seven pairings: batches of 2, 2, 2, 1. Windows
+    # of two rows (or one) meet two pairings (or one) by their first rows, a batch each; their
+    # later rows, which later windows would have met, were expired with them.
     summary = sweep(factory, batch_size=2, window_size=window_size)
 
     assert summary.enrollments_changed_total == 21
@@ -315,9 +313,7 @@ def test_small_batches_process_every_pairing_once(
     assert audit_count(session) == 21 + 7
 
 
-def test_a_window_lists_its_pairings_in_id_order_with_their_due_rows(
-    session: Session,
-) -> None:
+def test_a_window_lists_its_distinct_pairings_in_id_order(session: Session) -> None:
     root = f.account(session)
     late, _ = f.temporary_pairing(session, root, [T - DAY, T - 2 * DAY, T + DAY])
     early, _ = f.temporary_pairing(session, root, [T - 3 * DAY])
@@ -327,26 +323,18 @@ def test_a_window_lists_its_pairings_in_id_order_with_their_due_rows(
     last, window = lifecycle._next_window(session, T, None, None, 4)
 
     # The four earliest due rows, by end_at: middle (-5), early (-3), late and middle (-2).
-    assert window.pairing_ids == sorted([late.id, early.id, middle.id])
-    assert dict(zip(window.pairing_ids, window.due, strict=True)) == {
-        late.id: 1,
-        early.id: 1,
-        middle.id: 2,
-    }
+    assert window == sorted([late.id, early.id, middle.id])
     assert last is not None and last[0] == T - 2 * DAY
     rest, window = lifecycle._next_window(session, T, None, last, 4)
-    assert window.pairing_ids == [late.id] and window.due == [1]
-    assert lifecycle._next_window(session, T, None, rest, 4)[0] is None
+    assert window == [late.id]
+    assert lifecycle._next_window(session, T, None, rest, 4) == (None, [])
 
 
-def test_a_window_is_cut_into_batches_in_id_order_never_splitting_a_pairing() -> None:
-    window = lifecycle.DueWindow(pairing_ids=[3, 5, 8, 9], due=[4, 1, 1, 6])
-
-    assert list(window.batches(5, done=())) == [[3, 5], [8, 9]]
-    assert list(window.batches(5, done={5})) == [[3, 8], [9]]
-    assert list(window.batches(1, done=())) == [[3], [5], [8], [9]]
-    assert list(window.batches(100, done=())) == [[3, 5, 8, 9]]
-    assert list(window.batches(5, done={3, 5, 8, 9})) == []
+def test_a_window_is_cut_into_batches_in_order_skipping_what_is_done() -> None:
+    assert list(lifecycle._batches([3, 5, 8, 9, 12], 2, done=())) == [[3, 5], [8, 9], [12]]
+    assert list(lifecycle._batches([3, 5, 8, 9, 12], 2, done={5, 9})) == [[3, 8], [12]]
+    assert list(lifecycle._batches([3, 5, 8], 100, done=())) == [[3, 5, 8]]
+    assert list(lifecycle._batches([3, 5], 1, done={3, 5})) == []
 
 
 def test_a_committed_run_is_recorded(factory: sessionmaker[Session], session: Session) -> None:

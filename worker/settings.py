@@ -61,9 +61,9 @@ class Settings(BaseSettings):
     # Nightly full sweep, a cron line read in `timezone`; empty turns it off.
     nightly_cron: str = "0 2 * * *"
     timezone: str = "UTC"
-    # Due enrollments per transaction; the same default as tasks.lifecycle.DEFAULT_BATCH_SIZE,
-    # where the comment says why (measured with bench/).
-    batch_size: int = Field(default=25_000, ge=1, le=1_000_000)
+    # Pairings per transaction; the same default as tasks.lifecycle.DEFAULT_BATCH_SIZE, where the
+    # comment says why (measured with bench/).
+    batch_size: int = Field(default=2_500, ge=1, le=100_000)
     # The Celery queue the tasks and beat use (lets several deployments share one broker).
     queue: str = Field(default="tep", min_length=1)
     # Seconds Redis waits for a late acknowledgement before handing the message to another
