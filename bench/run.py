@@ -178,7 +178,7 @@ def _floor_and_sweep(options: Options, template: str, results: Results, progress
         f"floor: one UPDATE, {shape.due:,} rows{n}", f"{floor:.2f} s, {rate(shape.due, floor)}"
     )
     results.add(
-        f"sweep: run_sweep, batch {options.batch_size:,}, audited{n}",
+        f"sweep: run_sweep, batch {options.batch_size:,} pairings, audited{n}",
         f"{sweep:.2f} s, {rate(shape.due, sweep)}",
     )
     results.add(
@@ -209,7 +209,7 @@ def _batch_sizes(options: Options, template: str, results: Results, progress: Pr
             f"(longest {result.longest_batch:.2f} s)"
         )
         results.add(
-            f"sweep at batch {size:,}: {result.batches} batches, longest "
+            f"sweep at batch {size:,} pairings: {result.batches} batches, longest "
             f"{result.longest_batch:.2f} s",
             f"{result.seconds:.2f} s, {result.seconds / floor:.2f} x floor",
         )
@@ -413,12 +413,12 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--per-pairing", type=int, default=defaults.per_pairing, help="due enrollments each")
     add("--unrelated", type=int, default=defaults.unrelated, help="ordinary enrollments")
     add("--repeat", type=int, default=defaults.repeat, help="floor and sweep runs (median)")
-    add("--batch-size", type=int, default=defaults.batch_size, help="the sweep's batch size")
+    add("--batch-size", type=int, default=defaults.batch_size, help="pairings per transaction")
     add("--baseline-rows", type=int, default=defaults.baseline_rows)
     add("--idle-factor", type=int, default=defaults.idle_factor)
     add("--idle-runs", type=int, default=defaults.idle_runs)
     add("--concurrency", default="1,2,4", help="sweepers at once, comma-separated")
-    add("--batch-sizes", default="", help="also sweep at these batch sizes, comma-separated")
+    add("--batch-sizes", default="", help="also sweep at these pairings per batch, comma-separated")
     add("--lateness-enrollments", type=int, default=defaults.lateness_enrollments)
     add("--lateness-spread", type=float, default=defaults.lateness_spread, help="seconds")
     add("--interval", type=float, default=defaults.interval, help="beat interval, seconds")
@@ -438,7 +438,7 @@ def parse(argv: list[str] | None = None) -> Options:
     try:
         batch_sizes = tuple(int(n) for n in args.batch_sizes.split(",") if n.strip())
     except ValueError:
-        parser.error(f"--batch-sizes {args.batch_sizes!r}: give sizes such as 10000,100000")
+        parser.error(f"--batch-sizes {args.batch_sizes!r}: give sizes such as 1000,10000")
     if any(size < 1 for size in batch_sizes):
         parser.error("--batch-sizes must all be at least 1")
     options = Options(

@@ -62,7 +62,7 @@ def test_every_measurement_runs_and_counts_are_exact() -> None:
     measures = [row.measure for row in results.rows]
     assert any(m.startswith("sweep time / floor time") for m in measures)
     assert any(m.startswith("3 sweepers") for m in measures)
-    assert any(m.startswith("sweep at batch 50: 1 batches") for m in measures)
+    assert any(m.startswith("sweep at batch 50 pairings: 1 batches") for m in measures)
     assert "expire + audit (one data-modifying CTE)" in results.explain
     assert "Update on enrollments" in results.explain["expire + audit (one data-modifying CTE)"]
     table = bench.table(results)
