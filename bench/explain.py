@@ -28,8 +28,7 @@ def collect(url: str, batch_size: int) -> dict[str, str]:
 def _explain(url: str, statement: str, parameters: Any) -> str:
     with psycopg.connect(url) as conn:
         # Under the settings the sweep sets for its own transactions (no JIT, custom plans).
-        conn.execute("SET plan_cache_mode = force_custom_plan")
-        conn.execute("SET jit = off")
+        conn.execute(lifecycle.SWEEP_SETTINGS_SQL)
         rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", parameters).fetchall()
         conn.rollback()
     return "\n".join(str(row[0]) for row in rows)

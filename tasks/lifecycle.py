@@ -315,7 +315,7 @@ def _summarise_window_in_the_database(
     row = session.execute(
         select(newest.c.end_at, newest.c.id, pairings.label("pairings")).select_from(newest)
     ).one_or_none()
-    if row is None or row.end_at is None:
+    if row is None:  # an empty window; a row's end_at is never NULL (the due rule requires it)
         return None, []
     return (row.end_at, row.id), list(row.pairings)
 
@@ -754,6 +754,13 @@ def expire_batch(
 ProgressCallback = Callable[[RunSummary], None]
 
 
+# set_config(..., true) is SET LOCAL: both end with the transaction, in one round trip.
+SWEEP_SETTINGS_SQL = (
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+    "set_config('jit', 'off', true)"
+)
+
+
 def _plan_for_the_sweep(session: Session) -> None:
     """PostgreSQL: plan this transaction's statements for their actual parameters, without JIT.
 
@@ -767,13 +774,7 @@ def _plan_for_the_sweep(session: Session) -> None:
       larger table, with larger estimates, made it compile more (bench/, the idle figures).
     """
     if session.get_bind().dialect.name == "postgresql":
-        # set_config(..., true) is SET LOCAL: both end with the transaction, in one round trip.
-        session.execute(
-            text(
-                "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
-                "set_config('jit', 'off', true)"
-            )
-        )
+        session.execute(text(SWEEP_SETTINGS_SQL))
 
 
 def run_sweep(
