@@ -1,14 +1,15 @@
-"""Alembic environment: migrates the database whose URL the caller put in the config.
+"""Alembic environment: migrates the database whose URL (and schemas) the caller put in the config.
 
-`tep db upgrade` sets it from `TEP_DATABASE_URL`; a bare `alembic upgrade head` (with the
-repository's alembic.ini) falls back to the same setting.
+`tep db upgrade` calls :func:`migrations.upgrade`, which builds a new database from the models and
+runs revisions only on databases that have some; a bare `alembic upgrade head` (with the
+repository's alembic.ini) falls back to the settings.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from models import Base, make_engine
+from models import TEP_SCHEMA, Base, Schemas, make_engine
 
 config = context.config
 
@@ -20,6 +21,15 @@ def _database_url() -> str:
     from worker.settings import get_settings
 
     return get_settings().database_url
+
+
+def _schemas() -> Schemas:
+    schemas = config.attributes.get("schemas")
+    if isinstance(schemas, Schemas):
+        return schemas
+    from worker.settings import get_settings
+
+    return get_settings().schemas()
 
 
 def run_migrations_offline() -> None:
@@ -34,13 +44,16 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = make_engine(_database_url())
+    schemas = _schemas()
+    engine = make_engine(_database_url(), schemas)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
             # SQLite cannot ALTER most things; batch mode rebuilds tables there.
             render_as_batch=True,
+            version_table_schema=schemas.of_table(TEP_SCHEMA, connection.dialect.name),
+            include_schemas=True,
         )
         with context.begin_transaction():
             context.run_migrations()

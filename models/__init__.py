@@ -1,25 +1,44 @@
-"""The schema (Canvas's names), engine and session helpers. Knows nothing above it."""
+"""The schema (Canvas's tables, tep's own), engine and session helpers. Knows nothing above it."""
 
-from models.base import UTC, Base, UTCDateTime, utcnow
-from models.db import make_engine, make_sessionmaker, normalize_url, transaction
-from models.entities import (
+from models.base import TEP_SCHEMA, UTC, Base, CanvasTimestamp, UTCDateTime, utcnow
+from models.canvas import (
+    ACCOUNT_ADMIN_ROLE,
+    ACCOUNT_MEMBERSHIP_ROLE,
+    BUILT_IN_ROLES,
+    CANVAS_PAIRING_STATES,
     DEFAULT_ENDING_ENROLLMENT_STATE,
+    DEFAULT_TERM_NAME,
+    DUMMY_ROOT_ACCOUNT_ID,
     ENDING_ENROLLMENT_STATES,
     ENROLLMENT_STATES,
     ENROLLMENT_TYPES,
     LIVE_ENROLLMENT_STATES,
     PAIRING_STATES,
-    AccessToken,
     Account,
+    AccountUser,
     CommunicationChannel,
     Course,
     CourseSection,
     Enrollment,
+    EnrollmentState,
+    EnrollmentTerm,
     Pseudonym,
-    StateChange,
-    SweepRun,
+    Role,
+    RoleOverride,
     TemporaryEnrollmentPairing,
     User,
+    live,
+    pairing_not_deleted,
+    real_accounts,
+)
+from models.db import (
+    CANVAS_TABLES_EXISTING,
+    CANVAS_TABLES_MANAGED,
+    Schemas,
+    make_engine,
+    make_sessionmaker,
+    normalize_url,
+    transaction,
 )
 from models.notify import (
     NOTICE_BEFORE_END,
@@ -32,9 +51,53 @@ from models.notify import (
     WebhookDelivery,
     WebhookReceiver,
 )
+from models.tep import (
+    ApiToken,
+    DiscoveryCursor,
+    EnrollmentDeadline,
+    PairingEnd,
+    StateChange,
+    SweepRun,
+)
+
+CANVAS_TABLE_CLASSES = (
+    Account,
+    User,
+    Pseudonym,
+    CommunicationChannel,
+    EnrollmentTerm,
+    Course,
+    CourseSection,
+    Role,
+    RoleOverride,
+    AccountUser,
+    TemporaryEnrollmentPairing,
+    Enrollment,
+    EnrollmentState,
+)
+
+
+def canvas_tables() -> list[str]:
+    """The Canvas tables tep maps (what `managed` mode creates)."""
+    return [model.__tablename__ for model in CANVAS_TABLE_CLASSES]
+
+
+def tep_tables() -> list[str]:
+    """tep's own tables (`TEP_SCHEMA`), in dependency order."""
+    return [t.name for t in Base.metadata.sorted_tables if t.schema == TEP_SCHEMA]
+
 
 __all__ = [
+    "ACCOUNT_ADMIN_ROLE",
+    "ACCOUNT_MEMBERSHIP_ROLE",
+    "BUILT_IN_ROLES",
+    "CANVAS_PAIRING_STATES",
+    "CANVAS_TABLES_EXISTING",
+    "CANVAS_TABLES_MANAGED",
+    "CANVAS_TABLE_CLASSES",
     "DEFAULT_ENDING_ENROLLMENT_STATE",
+    "DEFAULT_TERM_NAME",
+    "DUMMY_ROOT_ACCOUNT_ID",
     "ENDING_ENROLLMENT_STATES",
     "ENROLLMENT_STATES",
     "ENROLLMENT_TYPES",
@@ -46,16 +109,27 @@ __all__ = [
     "NOTICE_SENT",
     "NOTICE_SKIPPED",
     "PAIRING_STATES",
+    "TEP_SCHEMA",
     "UTC",
-    "AccessToken",
     "Account",
+    "AccountUser",
+    "ApiToken",
     "Base",
+    "CanvasTimestamp",
     "CommunicationChannel",
     "Course",
     "CourseSection",
+    "DiscoveryCursor",
     "Enrollment",
+    "EnrollmentDeadline",
+    "EnrollmentState",
+    "EnrollmentTerm",
     "Notice",
+    "PairingEnd",
     "Pseudonym",
+    "Role",
+    "RoleOverride",
+    "Schemas",
     "StateChange",
     "SweepRun",
     "TemporaryEnrollmentPairing",
@@ -63,9 +137,14 @@ __all__ = [
     "User",
     "WebhookDelivery",
     "WebhookReceiver",
+    "canvas_tables",
+    "live",
     "make_engine",
     "make_sessionmaker",
     "normalize_url",
+    "pairing_not_deleted",
+    "real_accounts",
+    "tep_tables",
     "transaction",
     "utcnow",
 ]

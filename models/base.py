@@ -1,8 +1,16 @@
-"""Declarative base shared by every table.
+"""Declarative base shared by every table, and the two schemas the tables live in.
 
-Every timestamp is a timezone-aware UTC ``datetime`` in Python, whatever the database. PostgreSQL
-stores ``timestamptz``; SQLite has no time type, so :class:`UTCDateTime` stores ISO strings and
-re-attaches UTC on the way out. Naive datetimes are refused rather than guessed at.
+Every timestamp is a timezone-aware UTC ``datetime`` in Python, whatever the database. Canvas's
+tables store ``timestamp without time zone`` holding UTC (`CanvasTimestamp`), as Canvas does;
+tep's own tables store ``timestamptz``. SQLite has no time type, so both store ISO strings of the
+naive UTC instant and re-attach UTC on the way out. Naive datetimes are refused rather than
+guessed at.
+
+Canvas's tables are defined without a schema and tep's with the placeholder schema
+:data:`TEP_SCHEMA`; whoever makes the engine maps both to real schemas with SQLAlchemy's
+``schema_translate_map`` (see :func:`models.db.make_engine`): on PostgreSQL Canvas's to
+`TEP_CANVAS_SCHEMA` (default `public`) and ours to `TEP_SCHEMA` (default `tep`); on SQLite both
+to the one file.
 """
 
 from __future__ import annotations
@@ -17,11 +25,24 @@ from sqlalchemy.types import TypeDecorator
 UTC = dt.UTC
 
 
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """``TIMESTAMP WITH TIME ZONE`` that always round-trips as aware UTC."""
+# The placeholder schema of tep's own tables (translated to the configured one by the engine).
+TEP_SCHEMA = "tep"
 
-    impl = DateTime(timezone=True)
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that always round-trips as aware UTC.
+
+    ``timezone=True`` (tep's tables) is ``timestamptz``; ``timezone=False`` (Canvas's tables) is
+    ``timestamp without time zone`` holding the UTC instant, as Canvas stores it. The value is
+    bound naive-UTC there, so the session's time zone never shifts it.
+    """
+
+    impl = DateTime
     cache_ok = True
+
+    def __init__(self, timezone: bool = True) -> None:
+        super().__init__(timezone=timezone)
+        self.timezone = timezone
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
         if value is None:
@@ -29,7 +50,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
         value = value.astimezone(UTC)
-        if dialect.name == "sqlite":
+        if dialect.name == "sqlite" or not self.timezone:
             # SQLite compares strings: store one fixed-width, naive-UTC form so that ordering and
             # `<=` comparisons on the text are the same as on the instants.
             return value.replace(tzinfo=None)
@@ -56,6 +77,11 @@ NAMING_CONVENTION = {
 }
 
 WorkflowState = Annotated[str, mapped_column(String(255), nullable=False)]
+
+
+def CanvasTimestamp() -> UTCDateTime:
+    """``timestamp without time zone`` holding UTC: every timestamp column of Canvas's tables."""
+    return UTCDateTime(timezone=False)
 
 
 class Base(DeclarativeBase):

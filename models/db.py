@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,8 +12,47 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.base import TEP_SCHEMA
+
 # Seconds a SQLite writer waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+# TEP_CANVAS_TABLES: tep's migrations create Canvas's tables (`managed`), or Canvas's are there
+# already and tep only reads and writes them (`existing`).
+CANVAS_TABLES_MANAGED = "managed"
+CANVAS_TABLES_EXISTING = "existing"
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schemas:
+    """Where the two sets of tables live on PostgreSQL (SQLite has one file and no schemas)."""
+
+    canvas: str = "public"
+    tep: str = "tep"
+    canvas_tables: str = CANVAS_TABLES_MANAGED
+
+    def __post_init__(self) -> None:
+        for name in (self.canvas, self.tep):
+            if not _SCHEMA_NAME.match(name):
+                raise ValueError(f"schema name {name!r}: use lower-case letters, digits and _")
+        if self.canvas == self.tep:
+            raise ValueError(f"tep's schema must not be Canvas's ({self.canvas!r})")
+        if self.canvas_tables not in (CANVAS_TABLES_MANAGED, CANVAS_TABLES_EXISTING):
+            raise ValueError(
+                f"canvas tables {self.canvas_tables!r}: use "
+                f"{CANVAS_TABLES_MANAGED} or {CANVAS_TABLES_EXISTING}"
+            )
+
+    def translate_map(self, backend: str) -> dict[str | None, str | None]:
+        if backend == "sqlite":
+            return {TEP_SCHEMA: None}
+        return {None: self.canvas, TEP_SCHEMA: self.tep}
+
+    def of_table(self, schema: str | None, backend: str) -> str | None:
+        """The real schema of a table defined with `schema` (None: Canvas's)."""
+        return self.translate_map(backend).get(schema, schema)
 
 
 def normalize_url(url: str) -> str:
@@ -22,13 +63,35 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, schemas: Schemas | None = None, **kwargs: Any) -> Engine:
+    """An engine whose statements find Canvas's tables and tep's in their schemas.
+
+    PostgreSQL sessions run in UTC whatever the database's default zone: Canvas's timestamps are
+    `timestamp without time zone` holding UTC, and anything the server computes from a zone
+    (`now()`, a cast) must agree with them.
+    """
     url = normalize_url(url)
-    if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, **kwargs)
+    schemas = schemas or Schemas()
+    backend = make_url(url).get_backend_name()
+    options = {"schema_translate_map": schemas.translate_map(backend)}
+    if backend == "sqlite":
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            execution_options=options,
+            **kwargs,
+        )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    connect_args["options"] = f"{connect_args.get('options', '')} -c TimeZone=UTC".strip()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+        execution_options=options,
+        **kwargs,
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:

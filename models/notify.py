@@ -14,7 +14,7 @@ from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstrain
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
-from models.entities import BigId, Created, IdPk, Updated
+from models.tep import SCHEMA, BigId, Created, IdPk, Updated
 
 NOTICE_BEFORE_END = "before_end"
 NOTICE_ENDED = "ended"
@@ -37,6 +37,7 @@ class WebhookReceiver(Base):
     __tablename__ = "temporary_enrollment_webhook_receivers"
     __table_args__ = (
         UniqueConstraint("url", name="uq_temporary_enrollment_webhook_receivers_url"),
+        SCHEMA,
     )
 
     id: Mapped[IdPk]
@@ -55,11 +56,12 @@ class WebhookDelivery(Base):
     """What happened to one event (one audit row) at one receiver, above its low-water mark."""
 
     __tablename__ = "temporary_enrollment_webhook_deliveries"
+    __table_args__ = (SCHEMA,)
 
     receiver_id: Mapped[int] = mapped_column(
         BigId,
         ForeignKey(
-            "temporary_enrollment_webhook_receivers.id",
+            f"{SCHEMA['schema']}.temporary_enrollment_webhook_receivers.id",
             name="fk_temporary_enrollment_webhook_deliveries_receiver_id",
         ),
         primary_key=True,
@@ -90,16 +92,12 @@ class Notice(Base):
             name="uq_temporary_enrollment_notices_pairing_kind_threshold",
         ),
         Index("index_temporary_enrollment_notices_on_workflow_state", "workflow_state"),
+        SCHEMA,
     )
 
     id: Mapped[IdPk]
-    temporary_enrollment_pairing_id: Mapped[int] = mapped_column(
-        BigId,
-        ForeignKey(
-            "temporary_enrollment_pairings.id", name="fk_temporary_enrollment_notices_pairing_id"
-        ),
-        nullable=False,
-    )
+    # Canvas's pairing id; no foreign key into Canvas's tables (models/tep.py).
+    temporary_enrollment_pairing_id: Mapped[int] = mapped_column(BigId, nullable=False)
     root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
     kind: Mapped[str] = mapped_column(String(32), nullable=False)
     # How long before the end this notice warns (0 for the "ended" notice).

@@ -5,7 +5,14 @@
   `end_at <= as_of` (the boundary is due).
 * Expiring it sets the pairing's `ending_enrollment_state` (NULL means `deleted`, as in Canvas) and
   writes an audit row with the state it had.
-* A pairing *ends* when it has enrollments and none of them is live; an empty pairing stays active.
+* A pairing *ends* when it has enrollments and none of them is live (whoever made them not live:
+  tep, or Canvas's own job, which destroys `deleted` ones itself); an empty pairing stays active.
+  The end is recorded in tep's own table (`PairingEnd`); Canvas's pairing row keeps `active`,
+  the only live state Canvas knows.
+* Every enrollment change also does what Canvas's callbacks would have (tasks/canvas_callbacks.py):
+  its `enrollment_states` row, its user's `updated_at`, `completed_at` for `completed`.
+* Due work is found in tep's own index of deadlines (tasks/deadlines.py), never by a scan of
+  Canvas's tables; the decision is always made on Canvas's enrollment row itself.
 * A pairing whose data the rules cannot apply to (an ending state we do not know, a live enrollment
   with no `end_at`, a deleted root account) is never guessed at: it is skipped, reported, logged.
 
@@ -50,17 +57,23 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from models import (
     DEFAULT_ENDING_ENROLLMENT_STATE,
+    DUMMY_ROOT_ACCOUNT_ID,
     ENDING_ENROLLMENT_STATES,
     LIVE_ENROLLMENT_STATES,
     Account,
+    CanvasTimestamp,
     Enrollment,
+    EnrollmentDeadline,
+    PairingEnd,
     StateChange,
     SweepRun,
     TemporaryEnrollmentPairing,
+    User,
     UTCDateTime,
     transaction,
     utcnow,
 )
+from tasks import canvas_callbacks, deadlines
 
 log = logging.getLogger("tep.lifecycle")
 
@@ -96,6 +109,9 @@ REASON_PAIRING_ENDED = "pairing_ended"
 SKIP_UNKNOWN_ENDING_STATE = "unknown_ending_state"
 SKIP_MISSING_END_AT = "missing_end_at"
 SKIP_ACCOUNT_DELETED = "account_deleted"
+
+# The nightly run also rebuilds the deadline index from Canvas's rows (tasks/deadlines.py).
+TRIGGER_NIGHTLY = "nightly"
 
 ENROLLMENT = "Enrollment"
 PAIRING = "TemporaryEnrollmentPairing"
@@ -189,6 +205,8 @@ class RunSummary:
     pairings_ended: int = 0
     skipped: dict[int, SkippedPairing] = dataclasses.field(default_factory=dict)
     batches: int = 0
+    # Deadline index rows written by this run's discovery (tasks/deadlines.py).
+    discovered: int = 0
 
     @property
     def enrollments_changed_total(self) -> int:
@@ -220,6 +238,7 @@ class RunSummary:
                 dataclasses.asdict(s) for s in sorted(self.skipped.values(), key=_by_id)
             ],
             "batches": self.batches,
+            "deadlines_discovered": self.discovered,
             "started_at": iso(self.started_at),
             "finished_at": iso(finished),
             "duration_seconds": round((finished - self.started_at).total_seconds(), 3),
@@ -240,20 +259,35 @@ def iso(moment: dt.datetime) -> str:
 
 
 def due_enrollments(as_of: dt.datetime, account_id: int | None = None) -> ColumnElement[bool]:
-    """The due rule as SQL, over live temporary enrollments (the sweep's partial index)."""
-    clause = and_(_TEMPORARY, _LIVE, Enrollment.end_at <= as_of)
+    """The due rule as SQL, over tep's deadline index (the sweep's driving index)."""
+    clause = EnrollmentDeadline.end_at <= as_of
     if account_id is not None:
-        clause = and_(clause, Enrollment.root_account_id == account_id)
+        clause = and_(clause, EnrollmentDeadline.root_account_id == account_id)
     return clause
 
 
+def open_pairing() -> ColumnElement[bool]:
+    """SQL over `Pairing`: neither deleted (Canvas's row) nor ended (tep's table)."""
+    return and_(
+        Pairing.workflow_state != "deleted",
+        ~exists().where(PairingEnd.temporary_enrollment_pairing_id == Pairing.id),
+    )
+
+
 def count_due(session: Session, as_of: dt.datetime, account_id: int | None = None) -> int:
-    """Due enrollments of active pairings (what a sweep at `as_of` would look at)."""
+    """Due enrollments of open pairings (what a sweep at `as_of` would expire), decided on
+    Canvas's rows, found through tep's deadline index."""
     stmt = (
         select(func.count())
-        .select_from(Enrollment)
+        .select_from(EnrollmentDeadline)
+        .join(Enrollment, Enrollment.id == EnrollmentDeadline.enrollment_id)
         .join(Pairing, Pairing.id == Enrollment.temporary_enrollment_pairing_id)
-        .where(due_enrollments(as_of, account_id), Pairing.workflow_state == "active")
+        .where(
+            due_enrollments(as_of, account_id),
+            _LIVE,
+            Enrollment.end_at <= as_of,
+            open_pairing(),
+        )
     )
     return session.scalar(stmt) or 0
 
@@ -272,12 +306,12 @@ def _next_window(
     large the table, and a pairing that is skipped or locked elsewhere is stepped over, not re-read.
     The rows themselves are not kept: only the pairings and the end of the window are needed.
     """
-    stmt = select(
-        Enrollment.end_at, Enrollment.id, Enrollment.temporary_enrollment_pairing_id
-    ).where(due_enrollments(as_of, account_id))
+    row = EnrollmentDeadline
+    stmt = select(row.end_at, row.enrollment_id.label("id"), row.temporary_enrollment_pairing_id)
+    stmt = stmt.where(due_enrollments(as_of, account_id))
     if after is not None:
-        stmt = stmt.where(tuple_(Enrollment.end_at, Enrollment.id) > tuple_(*after))
-    stmt = stmt.order_by(Enrollment.end_at, Enrollment.id).limit(limit)
+        stmt = stmt.where(tuple_(row.end_at, row.enrollment_id) > tuple_(*after))
+    stmt = stmt.order_by(row.end_at, row.enrollment_id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         return _summarise_window_in_the_database(session, stmt)
     last: tuple[dt.datetime, int] | None = None
@@ -291,7 +325,7 @@ def _next_window(
 
 
 def _summarise_window_in_the_database(
-    session: Session, window_rows: Select[dt.datetime | None, int, int | None]
+    session: Session, window_rows: Select[dt.datetime | None, int, int]
 ) -> tuple[tuple[dt.datetime, int] | None, list[int]]:
     """PostgreSQL: the window's last key and its distinct pairings in id order, computed by the
     server and sent as one array.
@@ -344,13 +378,19 @@ def pairings_missing_end_at(
     every ended pairing, in every sweep, idle ones included (bench/: an idle sweep's cost grew
     with the table). Asked separately, an idle sweep's check costs one empty index scan.
     """
-    undated = select(Enrollment.temporary_enrollment_pairing_id, func.count()).where(
-        _TEMPORARY, _LIVE, Enrollment.end_at.is_(None)
-    )
-    if pairing_ids is not None:
-        undated = undated.where(
-            _id_in(session, Enrollment.temporary_enrollment_pairing_id, pairing_ids)
+    if pairing_ids is None:
+        # Every run: from tep's index, whose partial index holds only undated rows (normally
+        # none), then checked on Canvas's rows.
+        indexed = select(EnrollmentDeadline.enrollment_id).where(
+            EnrollmentDeadline.end_at.is_(None)
         )
+        scope = Enrollment.id.in_(indexed.scalar_subquery())
+    else:
+        # A batch: from Canvas's rows of its pairings (Canvas's partial index).
+        scope = _id_in(session, Enrollment.temporary_enrollment_pairing_id, pairing_ids)
+    undated = select(Enrollment.temporary_enrollment_pairing_id, func.count()).where(
+        scope, _TEMPORARY, _LIVE, Enrollment.end_at.is_(None)
+    )
     counts = {
         pid: n
         for pid, n in session.execute(undated.group_by(Enrollment.temporary_enrollment_pairing_id))
@@ -360,7 +400,7 @@ def pairings_missing_end_at(
         return []
     stmt = (
         select(Pairing.id, Pairing.root_account_id)
-        .where(_id_in(session, Pairing.id, list(counts)), Pairing.workflow_state == "active")
+        .where(_id_in(session, Pairing.id, list(counts)), open_pairing())
         .order_by(Pairing.id)
     )
     if account_id is not None:
@@ -440,8 +480,8 @@ def _expire_in_two_statements(
     write: bool,
 ) -> int:
     """The portable path (SQLite, and dry runs): the audit rows are copied from the rows as they
-    are now (their `from_state`), then the rows are updated; the counts are compared anyway, and
-    a mismatch rolls the batch back."""
+    are now (their `from_state`), then the rows are updated, then Canvas's caches; the counts are
+    compared anyway, and a mismatch rolls the batch back."""
     scope = and_(
         _TEMPORARY,
         _LIVE,
@@ -469,12 +509,16 @@ def _expire_in_two_statements(
     # operations. SQLAlchemy only keeps an INSERT's row count when asked to.
     connection = session.connection()
     audited = connection.execute(audit.execution_options(preserve_rowcount=True)).rowcount
-    changed = connection.execute(update(Enrollment).where(scope).values(**values)).rowcount
+    ids = list(session.scalars(select(Enrollment.id).where(scope)))
+    changed = connection.execute(
+        update(Enrollment).where(_id_in(session, Enrollment.id, ids)).values(**values)
+    ).rowcount
     if changed != audited:
         raise LifecycleError(
             f"enrollments changed under the sweep ({changed} updated, {audited} audited); "
             "batch rolled back"
         )
+    canvas_callbacks.sync_enrollments(session, ids, ctx.as_of, ctx.changed_at)
     return int(changed)
 
 
@@ -547,7 +591,7 @@ def _expire_and_audit_in_one_statement(
     due = (
         select(Enrollment.id, Enrollment.workflow_state.label("from_state")).where(scope).cte("due")
     )
-    as_of = literal(ctx.as_of, type_=UTCDateTime())
+    as_of = literal(ctx.as_of, type_=CanvasTimestamp())
     changed = (
         update(Enrollment)
         .where(claimed.c.pairing_id == Enrollment.temporary_enrollment_pairing_id, scope)
@@ -562,9 +606,34 @@ def _expire_and_audit_in_one_statement(
             Enrollment.id,
             Enrollment.temporary_enrollment_pairing_id,
             Enrollment.root_account_id,
+            Enrollment.user_id,
+            Enrollment.start_at,
+            Enrollment.end_at,
+            Enrollment.type,
             claimed.c.ending_state,
         )
         .cte("changed")
+    )
+    # What Canvas's callbacks would have written (tasks/canvas_callbacks.py), from the same
+    # rows: their cache rows and their users' updated_at.
+    cached = canvas_callbacks.enrollment_state_upsert(
+        session,
+        select(
+            changed.c.id.label("enrollment_id"),
+            changed.c.ending_state.label("workflow_state"),
+            changed.c.start_at,
+            changed.c.end_at,
+            changed.c.type,
+            changed.c.root_account_id,
+        ),
+        ctx.as_of,
+        ctx.changed_at,
+    ).cte("cached")
+    touched = (
+        update(User)
+        .where(User.id.in_(select(changed.c.user_id)))
+        .values(updated_at=ctx.changed_at)
+        .cte("touched")
     )
     audited = (
         insert(StateChange)
@@ -583,7 +652,11 @@ def _expire_and_audit_in_one_statement(
         .returning(StateChange.to_state)
         .cte("audited")
     )
-    counts = select(audited.c.to_state, func.count()).group_by(audited.c.to_state)
+    counts = (
+        select(audited.c.to_state, func.count())
+        .group_by(audited.c.to_state)
+        .add_cte(cached, touched)
+    )
     return {state: int(n) for state, n in session.connection().execute(counts)}
 
 
@@ -607,17 +680,17 @@ def pairings_with_nothing_left(
     return list(session.scalars(stmt))
 
 
-def set_pairing_state(
+def audit_pairings(
     session: Session,
     pairings: Iterable[tuple[int, int, str]],
     to_state: str,
     ctx: ChangeContext,
-    **values: Any,
-) -> int:
-    """Move pairings `(id, root_account_id, from_state)` to `to_state`, with an audit row each."""
+) -> list[tuple[int, int, str]]:
+    """An audit row for each pairing `(id, root_account_id, from_state)` moving to `to_state`
+    (tep's pairing states: `active`, `ended`, `deleted`). Returns the pairings."""
     pairings = list(pairings)
     if not pairings:
-        return 0
+        return pairings
     connection = session.connection()
     if session.get_bind().dialect.name == "postgresql":
         # One statement however many: a sweep batch ends thousands of pairings, which would
@@ -664,11 +737,34 @@ def set_pairing_state(
                 for pid, root, from_state in pairings
             ],
         )
-    connection.execute(
-        update(Pairing)
-        .where(_id_in(session, Pairing.id, [p[0] for p in pairings]))
-        .values(workflow_state=to_state, updated_at=ctx.changed_at, **values)
-    )
+    return pairings
+
+
+def record_pairing_ends(
+    session: Session,
+    pairings: Iterable[tuple[int, int, str]],
+    ctx: ChangeContext,
+    *,
+    ended_at: dt.datetime,
+) -> int:
+    """End pairings `(id, root_account_id, from_state)`: a row each in tep's pairing ends and an
+    audit row each. Canvas's pairing row is not touched: Canvas has no `ended` state."""
+    pairings = audit_pairings(session, pairings, "ended", ctx)
+    if pairings:
+        session.connection().execute(
+            insert(PairingEnd),
+            [
+                {
+                    "temporary_enrollment_pairing_id": pid,
+                    "root_account_id": root,
+                    "ended_at": ended_at,
+                    "run_id": ctx.run_id,
+                    "created_at": ctx.changed_at,
+                }
+                for pid, root, _ in pairings
+            ],
+        )
+        deadlines.forget_pairings(session, [p[0] for p in pairings])
     return len(pairings)
 
 
@@ -685,10 +781,19 @@ def expire_batch(
 ) -> None:
     """Expire the due enrollments of these pairings and end those left with nothing live.
 
-    Claims the pairings with `FOR UPDATE SKIP LOCKED`: a pairing another sweep is working on is
-    left to it. Everything here commits (or rolls back) with the caller's transaction, so each
-    pairing is processed wholly or not at all.
+    Claims the open pairings with `FOR UPDATE SKIP LOCKED`: a pairing another sweep is working on
+    is left to it. Everything here commits (or rolls back) with the caller's transaction, so each
+    pairing is processed wholly or not at all. The deadline index follows: rows of pairings that
+    are over (deleted, or ended elsewhere) are dropped, so they are not walked again, and the
+    claimed pairings' rows are re-read from Canvas's rows.
     """
+    if write:
+        closed = set(pairing_ids) - set(
+            session.scalars(
+                select(Pairing.id).where(_id_in(session, Pairing.id, pairing_ids), open_pairing())
+            )
+        )
+        deadlines.forget_pairings(session, closed)
     claimed = session.execute(
         select(
             Pairing.id,
@@ -697,7 +802,7 @@ def expire_batch(
             Account.workflow_state,
         )
         .join(Account, Account.id == Pairing.root_account_id)
-        .where(_id_in(session, Pairing.id, pairing_ids), Pairing.workflow_state == "active")
+        .where(_id_in(session, Pairing.id, pairing_ids), open_pairing())
         .order_by(Pairing.id)
         .with_for_update(of=Pairing, skip_locked=True)
     ).all()
@@ -741,13 +846,11 @@ def expire_batch(
     for ending_state, count in changed.items():
         summary.enrollments_changed[ending_state] += count
     if write:
-        set_pairing_state(
-            session,
-            ((pid, roots[pid], "active") for pid in ending),
-            "ended",
-            ctx,
-            ended_at=summary.as_of,
+        record_pairing_ends(
+            session, ((pid, roots[pid], "active") for pid in ending), ctx, ended_at=summary.as_of
         )
+        ended = set(ending)
+        deadlines.refresh_pairings(session, [pid for pid in roots if pid not in ended])
     summary.pairings_ended += len(ending)
 
 
@@ -775,6 +878,7 @@ def _plan_for_the_sweep(session: Session) -> None:
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(SWEEP_SETTINGS_SQL))
+        canvas_callbacks.allow_bulk_writes(session)
 
 
 def run_sweep(
@@ -805,10 +909,19 @@ def run_sweep(
         trigger=trigger,
         started_at=started_at,
     )
+    if account_id is not None:
+        with transaction(factory, commit=False) as session:
+            require_root_account(session, account_id)
+    # Bring tep's deadline index up to what others wrote (tasks/deadlines.py). This commits even
+    # in a dry run: it changes no enrollment or pairing, only where tep looks for due work.
+    with transaction(factory) as session:
+        _plan_for_the_sweep(session)
+        if trigger == TRIGGER_NIGHTLY:
+            summary.discovered = deadlines.rebuild(session)
+        else:
+            summary.discovered = deadlines.discover(session, as_of)
     with transaction(factory, commit=False) as session:
         _plan_for_the_sweep(session)
-        if account_id is not None:
-            require_root_account(session, account_id)
         # Pairings with an undated live enrollment are never due, so no window would meet them;
         # list them here so that every run reports them until someone fixes the data.
         for bad in pairings_missing_end_at(session, account_id=account_id):
@@ -873,10 +986,10 @@ def record_run(factory: sessionmaker[Session], summary: RunSummary) -> None:
 
 
 def require_root_account(session: Session, account_id: int) -> Account:
-    account = session.get(Account, account_id)
+    account = session.get(Account, account_id) if account_id != DUMMY_ROOT_ACCOUNT_ID else None
     if account is None:
         raise UnknownAccount(f"no account with id {account_id}")
-    if account.root_account_id is not None:
+    if not account.is_root:
         raise UnknownAccount(
             f"account {account_id} is a sub-account; give its root account "
             f"{account.root_account_id}"
@@ -898,7 +1011,8 @@ def end_pairing(
     run_id: str | None = None,
 ) -> tuple[Pairing, dict[str, int]]:
     """End a pairing early: its live enrollments get its ending state now, audited, and the
-    pairing becomes `ended` (or `deleted`, with `deleted_by_id`, when `delete`).
+    pairing's end is recorded in tep's table; with `delete`, Canvas's row also becomes `deleted`
+    with `deleted_by_id`, as Canvas's DELETE writes it.
 
     Waits for the pairing's row lock (a sweep holding it finishes its batch first). A pairing
     that is already over is returned unchanged (so ending or deleting twice is harmless), except
@@ -910,10 +1024,11 @@ def end_pairing(
     ).scalar_one_or_none()
     if pairing is None:
         raise UnknownPairing(f"no temporary enrollment pairing with id {pairing_id}")
-    if pairing.workflow_state == "deleted" or (pairing.workflow_state != "active" and not delete):
+    shown = pairing_state(session, pairing)
+    if shown == "deleted" or (shown == "ended" and not delete):
         return pairing, {}
     ending_state = resolve_ending_state(pairing.ending_enrollment_state)
-    if ending_state is None and pairing.workflow_state == "active":
+    if ending_state is None and shown == "active":
         raise UnknownEndingState(
             f"pairing {pairing_id} has ending_enrollment_state "
             f"{pairing.ending_enrollment_state!r}, not one of {', '.join(ENDING_ENROLLMENT_STATES)}"
@@ -924,22 +1039,96 @@ def end_pairing(
         reason=REASON_PAIRING_DELETED if delete else REASON_PAIRING_ENDED,
         actor_id=actor_id,
     )
+    canvas_callbacks.allow_bulk_writes(session)
     # An ended pairing has nothing live left to expire.
     changed = (
         expire_enrollments(session, [pairing_id], ending_state, true(), ctx) if ending_state else 0
     )
-    values: dict[str, Any] = {"ended_at": pairing.ended_at or ctx.as_of}
+    me = [(pairing.id, pairing.root_account_id, shown)]
     if delete:
-        values["deleted_by_id"] = actor_id
-    set_pairing_state(
-        session,
-        [(pairing.id, pairing.root_account_id, pairing.workflow_state)],
-        "deleted" if delete else "ended",
-        ctx,
-        **values,
-    )
+        audit_pairings(session, me, "deleted", ctx)
+        if shown == "active":
+            _insert_pairing_end(session, pairing.id, pairing.root_account_id, ctx)
+        # What Canvas's own DELETE writes (temporary_enrollment_pairings_api_controller.rb):
+        # the soft delete and who did it.
+        session.connection().execute(
+            update(Pairing)
+            .where(Pairing.id == pairing.id)
+            .values(workflow_state="deleted", deleted_by_id=actor_id, updated_at=ctx.changed_at)
+        )
+    else:
+        record_pairing_ends(session, me, ctx, ended_at=ctx.as_of)
+    deadlines.forget_pairings(session, [pairing.id])
     session.refresh(pairing)
     return pairing, {ending_state: changed} if ending_state and changed else {}
+
+
+def _insert_pairing_end(session: Session, pairing_id: int, root: int, ctx: ChangeContext) -> None:
+    session.connection().execute(
+        insert(PairingEnd).values(
+            temporary_enrollment_pairing_id=pairing_id,
+            root_account_id=root,
+            ended_at=ctx.as_of,
+            run_id=ctx.run_id,
+            created_at=ctx.changed_at,
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# How a pairing is shown (Canvas's row and tep's end together)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairingView:
+    """A pairing as tep shows it: `workflow_state` `active`, `ended` or `deleted`, and when it
+    ended (tep's table; Canvas's row has no such column)."""
+
+    workflow_state: str
+    ended_at: dt.datetime | None
+
+
+def pairing_views(session: Session, pairings: Iterable[Pairing]) -> dict[int, PairingView]:
+    """The shown state of each pairing, in one query of tep's pairing ends."""
+    pairings = list(pairings)
+    ends: dict[int, dt.datetime] = {}
+    if pairings:
+        ends = dict(
+            session.execute(
+                select(PairingEnd.temporary_enrollment_pairing_id, PairingEnd.ended_at).where(
+                    _id_in(
+                        session,
+                        PairingEnd.temporary_enrollment_pairing_id,
+                        [p.id for p in pairings],
+                    )
+                )
+            ).tuples()
+        )
+    return {
+        p.id: PairingView(
+            "deleted" if p.workflow_state == "deleted" else "ended" if p.id in ends else "active",
+            ends.get(p.id),
+        )
+        for p in pairings
+    }
+
+
+def pairing_view(session: Session, pairing: Pairing) -> PairingView:
+    return pairing_views(session, [pairing])[pairing.id]
+
+
+def pairing_state(session: Session, pairing: Pairing) -> str:
+    return pairing_view(session, pairing).workflow_state
+
+
+def shown_state_sql() -> ColumnElement[str]:
+    """SQL over `Pairing`: the state tep shows (`active`, `ended` or `deleted`)."""
+    ended = exists().where(PairingEnd.temporary_enrollment_pairing_id == Pairing.id)
+    return case(
+        (Pairing.workflow_state == "deleted", literal("deleted")),
+        (ended, literal("ended")),
+        else_=literal("active"),
+    )
 
 
 def settle_pairing(session: Session, pairing_id: int, *, as_of: dt.datetime, run_id: str) -> None:

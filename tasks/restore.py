@@ -7,6 +7,11 @@ pairing: each row's object goes back to its `from_state`, with a new audit row o
 `restored`. Restores are themselves audited, so the audit trail reads as an undo stack: a restore
 undoes the newest run not yet undone, and restoring again steps further back.
 
+A restored live enrollment needs an `end_at` in the future: with its old one passed, Canvas's own
+job (and tep's next sweep) would end it again at once, so a restore without `end_at` refuses.
+Like every tep writer, a restore also writes what Canvas's callbacks would have
+(tasks/canvas_callbacks.py) and re-indexes the enrollments' deadlines.
+
 Nothing is half-applied: the pairing's row is locked first (the sweep's `SKIP LOCKED` claim then
 passes it by, an early end waits), every object is checked to still be in the state the undone run
 left it in, and one mismatch refuses the whole restore.
@@ -19,10 +24,17 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from models import LIVE_ENROLLMENT_STATES, Enrollment, StateChange, TemporaryEnrollmentPairing
+from models import (
+    LIVE_ENROLLMENT_STATES,
+    Enrollment,
+    PairingEnd,
+    StateChange,
+    TemporaryEnrollmentPairing,
+)
+from tasks import canvas_callbacks, deadlines
 from tasks.events import REASON_CREATED
 from tasks.lifecycle import (
     ENROLLMENT,
@@ -31,6 +43,7 @@ from tasks.lifecycle import (
     UnknownPairing,
     iso,
     new_run_id,
+    pairing_state,
     require_aware,
 )
 
@@ -43,6 +56,10 @@ class NothingToRestore(LifecycleError):
 
 class RestoreConflict(LifecycleError):
     """Something changed the pairing or its enrollments after the change to undo."""
+
+
+class RestoreNeedsEndAt(LifecycleError):
+    """A restored enrollment's `end_at` has passed (or the new one would have)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,21 +130,24 @@ def restore_pairing(
         .where(StateChange.temporary_enrollment_pairing_id == pairing_id)
         .order_by(StateChange.id)
     ).all()
+    shown = pairing_state(session, pairing)
     stack = undo_stack(changes)
     if not stack:
-        if pairing.workflow_state == "active":
+        if shown == "active":
             raise NothingToRestore(
                 f"pairing {pairing_id} is active and has no recorded change to undo"
             )
         raise NothingToRestore(
-            f"pairing {pairing_id} is {pairing.workflow_state} but the audit table records no "
+            f"pairing {pairing_id} is {shown} but the audit table records no "
             "change by this service to undo"
         )
     undone = stack[-1]
     enrollment_rows = [c for c in undone if c.context_type == ENROLLMENT]
     pairing_rows = [c for c in undone if c.context_type == PAIRING]
 
-    _check_unchanged(session, pairing, undone[0].run_id, enrollment_rows, pairing_rows)
+    _check_unchanged(session, shown, pairing.id, undone[0].run_id, enrollment_rows, pairing_rows)
+    _check_end_at(session, enrollment_rows, as_of, end_at)
+    canvas_callbacks.allow_bulk_writes(session)
 
     run_id = new_run_id()
     restored: dict[str, int] = {}
@@ -149,16 +169,20 @@ def restore_pairing(
         restored[previous] = restored.get(previous, 0) + len(ids)
 
     for change in pairing_rows:
-        values = {"workflow_state": change.from_state, "updated_at": as_of}
-        if change.from_state == "active":
-            values["ended_at"] = None
         if change.to_state == "deleted":
-            values["deleted_by_id"] = None
-        connection.execute(
-            update(TemporaryEnrollmentPairing)
-            .where(TemporaryEnrollmentPairing.id == pairing_id)
-            .values(**values)
-        )
+            # Canvas's row back to `active`, as before the DELETE.
+            connection.execute(
+                update(TemporaryEnrollmentPairing)
+                .where(TemporaryEnrollmentPairing.id == pairing_id)
+                .values(workflow_state="active", deleted_by_id=None, updated_at=as_of)
+            )
+        if change.from_state == "active":
+            connection.execute(
+                delete(PairingEnd).where(PairingEnd.temporary_enrollment_pairing_id == pairing_id)
+            )
+    restored_ids = [c.context_id for c in enrollment_rows]
+    canvas_callbacks.sync_enrollments(session, restored_ids, as_of)
+    deadlines.track(session, restored_ids)
 
     connection.execute(
         insert(StateChange),
@@ -185,16 +209,48 @@ def restore_pairing(
         run_id=run_id,
         undone_run_id=undone[0].run_id,
         undone_reason=undone[0].reason,
-        pairing_state=pairing.workflow_state,
+        pairing_state=pairing_state(session, pairing),
         enrollments_restored=restored,
         end_at=end_at,
         due_again=due_again,
     )
 
 
+def _check_end_at(
+    session: Session,
+    enrollment_rows: Sequence[StateChange],
+    as_of: dt.datetime,
+    end_at: dt.datetime | None,
+) -> None:
+    """Refuse to bring back a live enrollment whose end has passed: it would end again at once."""
+    live = [c.context_id for c in enrollment_rows if c.from_state in LIVE_ENROLLMENT_STATES]
+    if not live:
+        return
+    if end_at is not None:
+        if end_at <= as_of:
+            raise RestoreNeedsEndAt(
+                f"--end-at {iso(end_at)} is not after {iso(as_of)}: the restored enrollments "
+                "would end again at once; nothing was restored"
+            )
+        return
+    passed = session.scalars(
+        select(Enrollment.id)
+        .where(Enrollment.id.in_(live), Enrollment.end_at <= as_of)
+        .order_by(Enrollment.id)
+    ).all()
+    if passed:
+        shown = ", ".join(str(i) for i in passed[:5]) + (" ..." if len(passed) > 5 else "")
+        raise RestoreNeedsEndAt(
+            f"the end_at of {len(passed)} enrollment(s) to restore ({shown}) has passed, so "
+            "Canvas would end them again at once; give a new one with --end-at; nothing was "
+            "restored"
+        )
+
+
 def _check_unchanged(
     session: Session,
-    pairing: TemporaryEnrollmentPairing,
+    shown: str,
+    pairing_id: int,
     run_id: str,
     enrollment_rows: Sequence[StateChange],
     pairing_rows: Sequence[StateChange],
@@ -202,8 +258,8 @@ def _check_unchanged(
     """Refuse when anything is no longer in the state the run to undo left it in."""
     problems: list[str] = []
     for change in pairing_rows:
-        if pairing.workflow_state != change.to_state:
-            problems.append(f"the pairing is {pairing.workflow_state}, not {change.to_state}")
+        if shown != change.to_state:
+            problems.append(f"the pairing is {shown}, not {change.to_state}")
     expected = {c.context_id: c.to_state for c in enrollment_rows}
     current = dict(
         session.execute(
@@ -216,9 +272,9 @@ def _check_unchanged(
             found = "gone" if now is None else now
             problems.append(f"enrollment {enrollment_id} is {found}, not {state}")
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" * (len(problems) > 5))
+        listed = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" * (len(problems) > 5))
         raise RestoreConflict(
-            f"pairing {pairing.id} changed after run {run_id}: {shown}; nothing was restored"
+            f"pairing {pairing_id} changed after run {run_id}: {listed}; nothing was restored"
         )
 
 

@@ -78,9 +78,18 @@ def parse_iso(value: str, option: str) -> dt.datetime:
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the schema (Alembic) in TEP_DATABASE_URL."""
-    from migrations import upgrade
+    from migrations import CanvasSchemaMismatch, upgrade
 
-    upgrade(get_settings().database_url)
+    settings = get_settings()
+    try:
+        upgrade(settings.database_url, settings.schemas())
+    except CanvasSchemaMismatch as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        fail(
+            f"{len(exc.problems)} Canvas table(s) or column(s) tep needs are missing in schema "
+            f"{settings.canvas_schema!r} (TEP_CANVAS_TABLES=existing); nothing was changed"
+        )
     err.print("database is up to date")
 
 
@@ -178,7 +187,7 @@ def demo(
     from worker.demo import SOON, seed_demo
 
     settings = get_settings()
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, settings.schemas())
     with transaction(runtime.session_factory()) as session:
         seed = seed_demo(session, utcnow())
     out.print(

@@ -17,7 +17,8 @@ from worker.settings import get_settings
 
 @lru_cache(maxsize=1)
 def engine() -> Engine:
-    return make_engine(get_settings().database_url)
+    settings = get_settings()
+    return make_engine(settings.database_url, settings.schemas())
 
 
 @lru_cache(maxsize=1)

@@ -10,13 +10,15 @@ import datetime as dt
 import re
 import zoneinfo
 from functools import lru_cache
+from typing import Literal
 
 from celery.schedules import crontab
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from models import Schemas
 from worker import notify_settings
 
 DEFAULT_DATABASE_URL = "sqlite:///tep.sqlite"
@@ -54,6 +56,15 @@ class Settings(BaseSettings):
     )
 
     database_url: str = DEFAULT_DATABASE_URL
+    # Whose Canvas tables these are (DESIGN.md section 3): `managed` (tep's migrations create
+    # them: embedded SQLite, standalone PostgreSQL) or `existing` (a self-hosted Canvas's own
+    # database: tep migrates only its own tables and never alters Canvas's).
+    canvas_tables: Literal["managed", "existing"] = "managed"
+    # PostgreSQL schema of Canvas's tables, and of tep's own (TEP_SCHEMA); SQLite has one file.
+    canvas_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    tep_schema: str = Field(
+        default="tep", pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias="TEP_SCHEMA"
+    )
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
     # Seconds between interval sweeps; 0 turns the interval sweep off.
@@ -82,6 +93,20 @@ class Settings(BaseSettings):
     notify_before: str = "3d,1d"  # pre-expiry notice thresholds; empty turns them off
     notify_interval_seconds: float = Field(default=300, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no worker endpoint
+
+    @model_validator(mode="after")
+    def _schemas_apart(self) -> Settings:
+        if self.canvas_schema == self.tep_schema:
+            raise ValueError(
+                f"TEP_SCHEMA must differ from TEP_CANVAS_SCHEMA ({self.canvas_schema!r}): "
+                "tep's tables are kept apart from Canvas's"
+            )
+        return self
+
+    def schemas(self) -> Schemas:
+        return Schemas(
+            canvas=self.canvas_schema, tep=self.tep_schema, canvas_tables=self.canvas_tables
+        )
 
     @field_validator("webhook_urls")
     @classmethod

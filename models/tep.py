@@ -1,0 +1,179 @@
+"""tep's own tables, apart from Canvas's: in their own schema (`TEP_SCHEMA`, default `tep`) on
+PostgreSQL, in the same file on SQLite (DESIGN.md section 3).
+
+None is named like a Canvas table, and none has a foreign key into Canvas's tables: on Canvas's
+own database a constraint of ours must never stand in the way of Canvas's writes. Ids that point
+at Canvas's rows are plain columns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from sqlalchemy import BigInteger, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import TEP_SCHEMA, Base, utcnow
+
+BigId = BigInteger().with_variant(Integer, "sqlite")
+IdPk = Annotated[int, mapped_column(BigId, primary_key=True)]
+Created = Annotated[dt.datetime, mapped_column(nullable=False, default=utcnow)]
+Updated = Annotated[dt.datetime, mapped_column(nullable=False, default=utcnow, onupdate=utcnow)]
+
+SCHEMA = {"schema": TEP_SCHEMA}
+
+
+class StateChange(Base):
+    """The audit log and undo log: one row for every state change this service makes.
+
+    `context_type`/`context_id` name what changed, in Canvas's polymorphic style (`Enrollment` or
+    `TemporaryEnrollmentPairing`); `reason` says why; `run_id` ties a row to the sweep or request
+    that made it; `actor_id` is the user who asked, NULL for the scheduled worker. A pairing's
+    rows use tep's states (`active`, `ended`, `deleted`): an end is recorded here and in
+    :class:`PairingEnd`, never in Canvas's pairing row.
+    """
+
+    __tablename__ = "temporary_enrollment_state_changes"
+    __table_args__ = (
+        Index(
+            "index_temporary_enrollment_state_changes_on_pairing_id",
+            "temporary_enrollment_pairing_id",
+            "id",
+        ),
+        # No index on run_id: no query looks rows up by it (restore reads a pairing's rows by
+        # the index above), and every index here is written once per expired enrollment, which
+        # the benchmark shows to be most of a sweep's cost beyond the bare UPDATE.
+        Index("index_temporary_enrollment_state_changes_on_created_at", "created_at"),
+        SCHEMA,
+    )
+
+    id: Mapped[IdPk]
+    context_type: Mapped[str] = mapped_column(String(255), nullable=False)
+    context_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    # NULL for a change to an enrollment that belongs to no pairing (an API conclude/delete).
+    temporary_enrollment_pairing_id: Mapped[int | None] = mapped_column(BigId)
+    root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    from_state: Mapped[str] = mapped_column(String(255), nullable=False)
+    to_state: Mapped[str] = mapped_column(String(255), nullable=False)
+    reason: Mapped[str] = mapped_column(String(255), nullable=False)
+    run_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    actor_id: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[Created]
+
+
+class PairingEnd(Base):
+    """When, and by which run, a pairing ended: the state Canvas has no column for.
+
+    Canvas's pairing row keeps `active` (Canvas knows no other live state); the API, CLI, metrics
+    and events show a pairing with a row here as `ended`, with `ended_at`. A deleted pairing that
+    had ended keeps its row (its `ended_at` stays shown).
+    """
+
+    __tablename__ = "temporary_enrollment_pairing_ends"
+    __table_args__ = (SCHEMA,)
+
+    temporary_enrollment_pairing_id: Mapped[int] = mapped_column(
+        BigId, primary_key=True, autoincrement=False
+    )
+    root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    ended_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+    run_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    created_at: Mapped[Created]
+
+
+class EnrollmentDeadline(Base):
+    """tep's index of the live temporary enrollments of open pairings, by `end_at`.
+
+    Canvas has no index on `enrollments.end_at`, and tep adds none to Canvas's tables, so due work
+    is found here: one row per live temporary enrollment of a pairing that has not ended, kept by
+    every tep writer and by the sweep's discovery of what Canvas wrote (new enrollments by id,
+    changed ones through Canvas's own `enrollment_states.state_valid_until` index). A row only
+    says where to look: the sweep always decides from Canvas's enrollment row itself, so a stale
+    row costs a look, never a wrong change. Rows of ended pairings are removed, so a finished
+    pairing is never walked again.
+    """
+
+    __tablename__ = "temporary_enrollment_deadlines"
+    __table_args__ = (
+        # The sweep's driving index: due work is a range scan on end_at, paged by (end_at, id),
+        # carrying the pairing id so a window is an index-only scan (PostgreSQL).
+        Index(
+            "index_temporary_enrollment_deadlines_on_end_at",
+            "end_at",
+            "enrollment_id",
+            postgresql_include=["temporary_enrollment_pairing_id"],
+        ),
+        Index(
+            "index_temporary_enrollment_deadlines_on_pairing_id", "temporary_enrollment_pairing_id"
+        ),
+        # Live temporary enrollments with no end date are bad data the sweep reports every run.
+        Index(
+            "index_temporary_enrollment_deadlines_without_end_at",
+            "temporary_enrollment_pairing_id",
+            postgresql_where=text("end_at IS NULL"),
+            sqlite_where=text("end_at IS NULL"),
+        ),
+        SCHEMA,
+    )
+
+    enrollment_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    temporary_enrollment_pairing_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    end_at: Mapped[dt.datetime | None]
+
+
+class DiscoveryCursor(Base):
+    """How far the sweep's discovery has read Canvas's enrollments (by id); one row."""
+
+    __tablename__ = "temporary_enrollment_discovery"
+    __table_args__ = (SCHEMA,)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_enrollment_id: Mapped[int] = mapped_column(BigId, nullable=False, default=0)
+    updated_at: Mapped[Updated]
+
+
+class SweepRun(Base):
+    """One committed sweep (dry runs write nothing, so they are not recorded)."""
+
+    __tablename__ = "temporary_enrollment_sweep_runs"
+    __table_args__ = (
+        Index("index_temporary_enrollment_sweep_runs_on_started_at", "started_at"),
+        SCHEMA,
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(64), nullable=False)
+    as_of: Mapped[dt.datetime] = mapped_column(nullable=False)
+    account_id: Mapped[int | None] = mapped_column(BigId)
+    started_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+    finished_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+    enrollments_changed: Mapped[int] = mapped_column(Integer, nullable=False)
+    pairings_ended: Mapped[int] = mapped_column(Integer, nullable=False)
+    pairings_skipped: Mapped[int] = mapped_column(Integer, nullable=False)
+    summary: Mapped[str] = mapped_column(Text, nullable=False)  # the JSON summary, verbatim
+
+
+class ApiToken(Base):
+    """An API token of tep's own API, bound to a user and a root account. Only a SHA-256 hash
+    of the secret is stored. (Canvas's `access_tokens` is Canvas's table: not this.)"""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        Index("index_api_tokens_on_crypted_token", "crypted_token", unique=True),
+        SCHEMA,
+    )
+
+    id: Mapped[IdPk]
+    user_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    crypted_token: Mapped[str] = mapped_column(String(255), nullable=False)
+    token_hint: Mapped[str] = mapped_column(String(16), nullable=False)
+    # JSON list of `url:METHOD|/api/v1/...` scopes; NULL means the whole account.
+    scopes: Mapped[str | None] = mapped_column(Text)
+    workflow_state: Mapped[str] = mapped_column(String(255), nullable=False, default="active")
+    expires_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]
+    created_at: Mapped[Created]
+    updated_at: Mapped[Updated]

@@ -1,0 +1,169 @@
+"""tep's index of when live temporary enrollments fall due (models/tep.py EnrollmentDeadline).
+
+Canvas has no index on `enrollments.end_at`, and on Canvas's database tep adds none: the sweep
+finds due work in its own table instead, so its cost follows the due rows, not the enrollments
+table and not the pairings that have ever ended. The index is kept by:
+
+* every tep writer of a temporary enrollment (:func:`track`, :func:`refresh_pairings`);
+* the sweep's discovery of what others wrote (:func:`discover`), in two index-range reads:
+  enrollments newer than the last one seen (Canvas's primary key; re-reading the last
+  `LOOKBACK_IDS` ids catches rows whose transaction committed after a later id's), and
+  enrollments whose cache row says a date trigger has passed (Canvas's own
+  `index_enrollment_states_on_state_valid_until`: Canvas sets `state_valid_until = end_at` on
+  every save of a live enrollment within its dates, so a changed `end_at` shows up there when
+  it falls due, until Canvas's 5-minute job recalculates it);
+* a full rebuild (:func:`rebuild`) in the nightly run, for anything the two reads can miss (an
+  `end_at` Canvas moved earlier and recalculated itself before a sweep saw it).
+
+A row only says where to look; the sweep decides from Canvas's row itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import Select, case, delete, exists, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from models import (
+    DiscoveryCursor,
+    Enrollment,
+    EnrollmentDeadline,
+    EnrollmentState,
+    PairingEnd,
+    TemporaryEnrollmentPairing,
+    live,
+)
+from tasks.canvas_callbacks import ids_in
+
+# Ids below the last one seen that each discovery reads again (see the module doc).
+LOOKBACK_IDS = 10_000
+CURSOR_ID = 1
+
+Pairing = TemporaryEnrollmentPairing
+
+
+def open_pairing(pairing_id: Any) -> Any:
+    """SQL: the pairing is neither deleted (Canvas's row) nor ended (tep's table)."""
+    return exists().where(
+        Pairing.id == pairing_id,
+        Pairing.workflow_state != "deleted",
+        ~exists().where(PairingEnd.temporary_enrollment_pairing_id == pairing_id),
+    )
+
+
+def _live_temporary() -> Any:
+    return Enrollment.temporary_enrollment_pairing_id.is_not(None), live(Enrollment.workflow_state)
+
+
+def _rows(where: Any) -> Select[Any]:
+    """Live temporary enrollments of open pairings matching `where`, as deadline rows."""
+    return select(
+        Enrollment.id,
+        Enrollment.temporary_enrollment_pairing_id,
+        Enrollment.root_account_id,
+        Enrollment.end_at,
+    ).where(*_live_temporary(), where, open_pairing(Enrollment.temporary_enrollment_pairing_id))
+
+
+def _upsert(session: Session, rows: Select[Any]) -> int:
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(EnrollmentDeadline).from_select(
+        ["enrollment_id", "temporary_enrollment_pairing_id", "root_account_id", "end_at"], rows
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[EnrollmentDeadline.enrollment_id],
+        set_={
+            "temporary_enrollment_pairing_id": stmt.excluded.temporary_enrollment_pairing_id,
+            "end_at": stmt.excluded.end_at,
+        },
+    )
+    result = session.connection().execute(stmt.execution_options(preserve_rowcount=True))
+    return int(result.rowcount or 0)
+
+
+def track(session: Session, enrollment_ids: Collection[int]) -> None:
+    """After a tep writer created or changed these enrollments: index the live temporary ones
+    of open pairings, forget the others."""
+    if not enrollment_ids:
+        return
+    session.connection().execute(
+        delete(EnrollmentDeadline).where(
+            ids_in(session, EnrollmentDeadline.enrollment_id, enrollment_ids)
+        )
+    )
+    _upsert(session, _rows(ids_in(session, Enrollment.id, enrollment_ids)))
+
+
+def refresh_pairings(session: Session, pairing_ids: Collection[int]) -> None:
+    """Index exactly the live temporary enrollments of these (open) pairings, as they are now."""
+    if not pairing_ids:
+        return
+    forget_pairings(session, pairing_ids)
+    _upsert(
+        session, _rows(ids_in(session, Enrollment.temporary_enrollment_pairing_id, pairing_ids))
+    )
+
+
+def forget_pairings(session: Session, pairing_ids: Collection[int]) -> None:
+    """Drop the index rows of these pairings (ended, deleted, or about to be re-read)."""
+    if pairing_ids:
+        session.connection().execute(
+            delete(EnrollmentDeadline).where(
+                ids_in(session, EnrollmentDeadline.temporary_enrollment_pairing_id, pairing_ids)
+            )
+        )
+
+
+def discover(session: Session, as_of: dt.datetime) -> int:
+    """Index what others wrote since the last sweep (see the module doc); returns the rows
+    indexed or re-indexed."""
+    last_seen = (
+        session.scalar(
+            select(DiscoveryCursor.last_enrollment_id).where(DiscoveryCursor.id == CURSOR_ID)
+        )
+        or 0
+    )
+    newest = session.scalar(select(func.max(Enrollment.id))) or 0
+    found = 0
+    if newest > last_seen - LOOKBACK_IDS:
+        found += _upsert(session, _rows(Enrollment.id > last_seen - LOOKBACK_IDS))
+    # Rows whose date trigger has passed in Canvas's cache: an end Canvas moved, or one no tep
+    # writer saw. Non-temporary rows of the range are filtered out by the join.
+    passed = select(EnrollmentState.enrollment_id).where(EnrollmentState.state_valid_until <= as_of)
+    found += _upsert(session, _rows(Enrollment.id.in_(passed.scalar_subquery())))
+    if newest > last_seen:
+        _advance_cursor(session, newest, as_of)
+    return found
+
+
+def _advance_cursor(session: Session, newest: int, as_of: dt.datetime) -> None:
+    """Move the cursor up to `newest`, never down (concurrent sweeps race here harmlessly)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(DiscoveryCursor).values(
+        id=CURSOR_ID, last_enrollment_id=newest, updated_at=as_of
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[DiscoveryCursor.id],
+        set_={
+            "last_enrollment_id": case(
+                (
+                    DiscoveryCursor.last_enrollment_id < stmt.excluded.last_enrollment_id,
+                    stmt.excluded.last_enrollment_id,
+                ),
+                else_=DiscoveryCursor.last_enrollment_id,
+            ),
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    session.connection().execute(stmt)
+
+
+def rebuild(session: Session) -> int:
+    """Re-read every live temporary enrollment of open pairings (the nightly run): O(temporary
+    enrollments), through Canvas's partial index on `temporary_enrollment_pairing_id`."""
+    session.connection().execute(delete(EnrollmentDeadline))
+    return _upsert(session, _rows(Enrollment.temporary_enrollment_pairing_id.is_not(None)))
