@@ -46,6 +46,7 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -169,7 +170,9 @@ def enrollment_state_upsert(
             literal(0),
             _moment(changed_at),
             source.c.root_account_id,
-        ),
+        )
+        # SQLite needs a WHERE to tell the SELECT's end from ON CONFLICT (its upsert docs).
+        .where(true()),
     )
     excluded = stmt.excluded
     return stmt.on_conflict_do_update(
@@ -186,12 +189,18 @@ def enrollment_state_upsert(
     )
 
 
-def sync_enrollments(session: Session, enrollment_ids: Collection[int], as_of: dt.datetime) -> None:
-    """After changing these enrollments: their `enrollment_states` rows and their users'
-    `updated_at`, as Canvas's callbacks would have written them."""
+def sync_enrollments(
+    session: Session,
+    enrollment_ids: Collection[int],
+    as_of: dt.datetime,
+    changed_at: dt.datetime | None = None,
+) -> None:
+    """After changing these enrollments: their `enrollment_states` rows (the state at `as_of`)
+    and their users' `updated_at` (`changed_at`, default `as_of`), as Canvas's callbacks would
+    have written them."""
     if not enrollment_ids:
         return
-    changed_at = as_of
+    changed_at = changed_at or as_of
     where = ids_in(session, Enrollment.id, enrollment_ids)
     rows = select(
         Enrollment.id.label("enrollment_id"),

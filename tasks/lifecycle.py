@@ -29,7 +29,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -76,6 +76,8 @@ from models import (
 from tasks import canvas_callbacks, deadlines
 
 log = logging.getLogger("tep.lifecycle")
+
+SelectT = TypeVar("SelectT", bound=Select[Any])
 
 # How a sweep goes through a backlog, measured with bench/ on 1,000,000 due enrollments among
 # 2,000,000 (bench/RESULTS.md).
@@ -274,22 +276,22 @@ def open_pairing() -> ColumnElement[bool]:
     )
 
 
-def count_due(session: Session, as_of: dt.datetime, account_id: int | None = None) -> int:
-    """Due enrollments of open pairings (what a sweep at `as_of` would expire), decided on
-    Canvas's rows, found through tep's deadline index."""
-    stmt = (
-        select(func.count())
-        .select_from(EnrollmentDeadline)
+def join_due(stmt: SelectT, until: dt.datetime, account_id: int | None = None) -> SelectT:
+    """`stmt` over the live temporary enrollments of open pairings ending by `until`: found
+    through tep's deadline index, decided on Canvas's rows (`Enrollment`, `Pairing` joined)."""
+    return (
+        stmt.select_from(EnrollmentDeadline)
         .join(Enrollment, Enrollment.id == EnrollmentDeadline.enrollment_id)
         .join(Pairing, Pairing.id == Enrollment.temporary_enrollment_pairing_id)
         .where(
-            due_enrollments(as_of, account_id),
-            _LIVE,
-            Enrollment.end_at <= as_of,
-            open_pairing(),
+            due_enrollments(until, account_id), _LIVE, Enrollment.end_at <= until, open_pairing()
         )
     )
-    return session.scalar(stmt) or 0
+
+
+def count_due(session: Session, as_of: dt.datetime, account_id: int | None = None) -> int:
+    """Due enrollments of open pairings (what a sweep at `as_of` would expire)."""
+    return session.scalar(join_due(select(func.count()), as_of, account_id)) or 0
 
 
 def _next_window(
@@ -1102,7 +1104,7 @@ def pairing_views(session: Session, pairings: Iterable[Pairing]) -> dict[int, Pa
                         [p.id for p in pairings],
                     )
                 )
-            ).tuples()
+            ).all()
         )
     return {
         p.id: PairingView(

@@ -103,18 +103,15 @@ def plan_notices(session: Session, as_of: dt.datetime, thresholds: Sequence[dt.t
         horizon = as_of + max(thresholds)
         first_end = func.min(Enrollment.end_at)
         upcoming = session.execute(
-            select(
-                TemporaryEnrollmentPairing.id, TemporaryEnrollmentPairing.root_account_id, first_end
+            lifecycle.join_due(
+                select(
+                    TemporaryEnrollmentPairing.id,
+                    TemporaryEnrollmentPairing.root_account_id,
+                    first_end,
+                ),
+                horizon,
             )
-            .join(
-                Enrollment,
-                Enrollment.temporary_enrollment_pairing_id == TemporaryEnrollmentPairing.id,
-            )
-            .where(
-                lifecycle.due_enrollments(horizon),
-                Enrollment.end_at > as_of,
-                TemporaryEnrollmentPairing.workflow_state == "active",
-            )
+            .where(Enrollment.end_at > as_of)
             .group_by(TemporaryEnrollmentPairing.id, TemporaryEnrollmentPairing.root_account_id)
         )
         for pairing_id, root, ends_at in upcoming:

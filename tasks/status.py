@@ -43,23 +43,18 @@ def due_soon(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
         return func.coalesce(func.sum(case((clause, 1), else_=0)), 0)
 
     rows = session.execute(
-        select(
-            Enrollment.root_account_id,
-            Account.name,
-            ending,
-            within(Enrollment.end_at <= now),
-            within((Enrollment.end_at > now) & (Enrollment.end_at <= now + DAY)),
-            within(Enrollment.end_at > now),
-        )
-        .join(
-            TemporaryEnrollmentPairing,
-            TemporaryEnrollmentPairing.id == Enrollment.temporary_enrollment_pairing_id,
+        lifecycle.join_due(
+            select(
+                Enrollment.root_account_id,
+                Account.name,
+                ending,
+                within(Enrollment.end_at <= now),
+                within((Enrollment.end_at > now) & (Enrollment.end_at <= now + DAY)),
+                within(Enrollment.end_at > now),
+            ),
+            now + WEEK,
         )
         .join(Account, Account.id == Enrollment.root_account_id)
-        .where(
-            lifecycle.due_enrollments(now + WEEK),
-            TemporaryEnrollmentPairing.workflow_state == "active",
-        )
         .group_by(Enrollment.root_account_id, Account.name, ending)
         .order_by(Enrollment.root_account_id, ending)
     )

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrations import upgrade
+from migrations import seed_dummy_root_account, upgrade
 from models import Base, make_engine, make_sessionmaker
 from tests import services
 
@@ -69,13 +69,18 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 def empty_tables(engine: Engine) -> None:
-    tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+    """Every table emptied, then Canvas's dummy account 0 put back (root accounts point at it)."""
+    tables = list(reversed(Base.metadata.sorted_tables))
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            names = ", ".join(
+                f'"{connection.schema_for_object(t) or "public"}".{t.name}' for t in tables
+            )
+            connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         else:
             for table in tables:
-                connection.execute(text(f"DELETE FROM {table}"))
+                connection.execute(table.delete())
+        seed_dummy_root_account(connection)
 
 
 @pytest.fixture

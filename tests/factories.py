@@ -6,26 +6,24 @@ import datetime as dt
 import itertools
 from collections.abc import Sequence
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from models import (
     Account,
-    Course,
     CourseSection,
     Enrollment,
     Pseudonym,
     TemporaryEnrollmentPairing,
     User,
 )
+from tasks.canvas_objects import create_course, create_enrollment, create_root_account
 
 _counter = itertools.count(1)
 
 
 def account(session: Session, *, name: str = "Test University", state: str = "active") -> Account:
-    record = Account(name=name, workflow_state=state)
-    session.add(record)
-    session.flush()
-    return record
+    return create_root_account(session, name, workflow_state=state)
 
 
 def user(session: Session, root: Account, *, name: str | None = None) -> User:
@@ -41,14 +39,7 @@ def user(session: Session, root: Account, *, name: str | None = None) -> User:
 def course(session: Session, root: Account, *, name: str | None = None) -> CourseSection:
     """A course with its default section; returns the section (its `course_id` is the course)."""
     n = next(_counter)
-    record = Course(name=name or f"Course {n}", account_id=root.id, root_account_id=root.id)
-    session.add(record)
-    session.flush()
-    section = CourseSection(
-        course_id=record.id, root_account_id=root.id, name=record.name, default_section=True
-    )
-    session.add(section)
-    session.flush()
+    _, section = create_course(session, root, name or f"Course {n}")
     return section
 
 
@@ -79,6 +70,8 @@ def enrollment(
     state: str = "active",
     type: str = "TeacherEnrollment",
 ) -> Enrollment:
+    """An enrollment written as tep's writers write one (uuid, role, its `enrollment_states` row,
+    its deadline indexed): what Canvas would have in its tables."""
     record = Enrollment(
         user_id=user_id,
         course_id=section.course_id,
@@ -90,9 +83,7 @@ def enrollment(
         temporary_enrollment_pairing_id=pairing.id if pairing else None,
         temporary_enrollment_source_user_id=source_user_id,
     )
-    session.add(record)
-    session.flush()
-    return record
+    return create_enrollment(session, record)
 
 
 def temporary_pairing(
@@ -121,3 +112,38 @@ def temporary_pairing(
         for i, end_at in enumerate(end_ats)
     ]
     return record, enrollments
+
+
+def shown_pairing(session: Session, pairing_id: int) -> tuple[str, dt.datetime | None]:
+    """A pairing's shown state and `ended_at` (Canvas's row and tep's pairing end together),
+    read fresh from the database."""
+    from tasks.lifecycle import pairing_view
+
+    session.expire_all()
+    record = session.get(TemporaryEnrollmentPairing, pairing_id)
+    assert record is not None, f"no pairing {pairing_id}"
+    view = pairing_view(session, record)
+    return view.workflow_state, view.ended_at
+
+
+def record_end(
+    session: Session, pairing: TemporaryEnrollmentPairing, ended_at: dt.datetime
+) -> None:
+    """Mark a pairing ended as tep records it: a row in tep's pairing ends (Canvas's row keeps
+    `active`), its deadline rows dropped."""
+    from models import EnrollmentDeadline, PairingEnd
+
+    session.add(
+        PairingEnd(
+            temporary_enrollment_pairing_id=pairing.id,
+            root_account_id=pairing.root_account_id,
+            ended_at=ended_at,
+            run_id="test",
+        )
+    )
+    session.execute(
+        delete(EnrollmentDeadline).where(
+            EnrollmentDeadline.temporary_enrollment_pairing_id == pairing.id
+        )
+    )
+    session.flush()

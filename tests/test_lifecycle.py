@@ -32,8 +32,7 @@ def states(session: Session, enrollments: list[Enrollment]) -> list[str]:
 
 
 def pairing_state(session: Session, pairing: TemporaryEnrollmentPairing) -> str:
-    fresh(session)
-    return session.get(TemporaryEnrollmentPairing, pairing.id).workflow_state  # type: ignore[union-attr]
+    return f.shown_pairing(session, pairing.id)[0]
 
 
 def audit_count(session: Session) -> int:
@@ -77,7 +76,7 @@ def test_mixed_end_dates_end_the_pairing_only_when_the_last_expires(
     assert pairing_state(session, pairing) == "ended"
     assert summary.pairings_ended == 1
     fresh(session)
-    assert session.get(TemporaryEnrollmentPairing, pairing.id).ended_at == T + DAY  # type: ignore[union-attr]
+    assert f.shown_pairing(session, pairing.id)[1] == T + DAY
 
 
 @pytest.mark.parametrize("ending_state", ["deleted", "completed", "inactive"])
@@ -199,7 +198,7 @@ def test_already_ended_and_non_temporary_enrollments_are_untouched(
         session, root, user_id=teacher.id, section=f.course(session, root), end_at=T - DAY
     )
     ended_pairing, in_ended_pairing = f.temporary_pairing(session, root, [T - DAY])
-    ended_pairing.workflow_state = "ended"
+    f.record_end(session, ended_pairing, T - DAY)
     session.commit()
     before = {e.id: e.updated_at for e in [*finished, regular, *in_ended_pairing]}
 

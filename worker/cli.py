@@ -229,12 +229,13 @@ def _run_worker_until_ended(pairing_ids: list[int], timeout: float) -> bool:
         while time.monotonic() < deadline and worker.poll() is None:
             time.sleep(1)
             with transaction(runtime.session_factory(), commit=False) as session:
-                states = session.scalars(
-                    select(TemporaryEnrollmentPairing.workflow_state).where(
+                pairings = session.scalars(
+                    select(TemporaryEnrollmentPairing).where(
                         TemporaryEnrollmentPairing.id.in_(pairing_ids)
                     )
                 ).all()
-            if states and all(state == "ended" for state in states):
+                views = lifecycle.pairing_views(session, pairings)
+            if views and all(view.workflow_state == "ended" for view in views.values()):
                 time.sleep(1)  # let the worker log the task's result before it is stopped
                 return True
         return False
@@ -256,7 +257,9 @@ def pairings_table(pairing_ids: list[int]) -> Table:
             .where(TemporaryEnrollmentPairing.id.in_(pairing_ids))
             .order_by(TemporaryEnrollmentPairing.id)
         ).all()
+        views = lifecycle.pairing_views(session, pairings)
         for pairing in pairings:
+            view = views[pairing.id]
             states = session.scalars(
                 select(Enrollment.workflow_state)
                 .where(Enrollment.temporary_enrollment_pairing_id == pairing.id)
@@ -265,8 +268,8 @@ def pairings_table(pairing_ids: list[int]) -> Table:
             table.add_row(
                 str(pairing.id),
                 str(pairing.ending_enrollment_state),
-                pairing.workflow_state,
-                lifecycle.iso(pairing.ended_at) if pairing.ended_at else "",
+                view.workflow_state,
+                lifecycle.iso(view.ended_at) if view.ended_at else "",
                 ", ".join(states),
             )
     return table

@@ -10,13 +10,12 @@ from sqlalchemy.orm import Session
 from models import (
     Account,
     CommunicationChannel,
-    Course,
-    CourseSection,
     Enrollment,
     Pseudonym,
     TemporaryEnrollmentPairing,
     User,
 )
+from tasks.canvas_objects import create_course, create_enrollment, create_root_account
 from tasks.events import record_pairing_created
 
 # How far ahead the "about to expire" pairing ends, so that a worker started right after seeding
@@ -44,33 +43,24 @@ def _user(session: Session, account: Account, name: str, login: str) -> User:
 
 def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
     """Add a demo account; returns what was made. Adds a fresh account each time it runs."""
-    account = Account(name="Demo University")
-    session.add(account)
-    session.flush()
+    account = create_root_account(session, "Demo University")
     admin = _user(session, account, "Ada Admin", "ada@demo.example")
     provider = _user(session, account, "Paula Provider", "paula@demo.example")
     recipient = _user(session, account, "Sam Substitute", "sam@demo.example")
 
     courses = []
     for code, title in [("BIO-101", "Biology"), ("CHEM-110", "Chemistry"), ("HIST-200", "History")]:
-        course = Course(
-            name=title, course_code=code, account_id=account.id, root_account_id=account.id
-        )
-        session.add(course)
-        session.flush()
-        section = CourseSection(
-            course_id=course.id, root_account_id=account.id, name=title, default_section=True
-        )
-        session.add(section)
-        session.flush()
-        session.add(
+        course, section = create_course(session, account, title, course_code=code)
+        create_enrollment(
+            session,
             Enrollment(
                 user_id=provider.id,
                 course_id=course.id,
                 course_section_id=section.id,
                 root_account_id=account.id,
                 type="TeacherEnrollment",
-            )
+            ),
+            as_of=now,
         )
         courses.append((course, section))
 
@@ -84,7 +74,8 @@ def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
         session.flush()
         record_pairing_created(session, record, admin.id)  # the `pairing.created` event
         for (course, section), offset in zip(courses, end_ats, strict=False):
-            session.add(
+            create_enrollment(
+                session,
                 Enrollment(
                     user_id=recipient.id,
                     course_id=course.id,
@@ -95,7 +86,8 @@ def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
                     end_at=now + offset,
                     temporary_enrollment_source_user_id=provider.id,
                     temporary_enrollment_pairing_id=record.id,
-                )
+                ),
+                as_of=now,
             )
         return record.id
 

@@ -47,7 +47,9 @@ def _start_metrics_endpoint(**_: Any) -> None:
     from tasks.metrics import serve_metrics
 
     # An engine of its own: scrapes never take a connection the tasks need.
-    factory = make_sessionmaker(make_engine(settings.database_url, settings.schemas()), read_only=True)
+    factory = make_sessionmaker(
+        make_engine(settings.database_url, settings.schemas()), read_only=True
+    )
     try:
         serve_metrics(settings.metrics_port, factory, settings.webhook_url_list)
     except OSError as error:
