@@ -19,6 +19,7 @@ import datetime as dt
 from typing import Annotated, Any, ClassVar
 
 from sqlalchemy import DateTime, Dialect, MetaData, String
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -40,9 +41,15 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     impl = DateTime
     cache_ok = True
 
-    def __init__(self, timezone: bool = True) -> None:
+    def __init__(self, timezone: bool = True, precision: int | None = None) -> None:
         super().__init__(timezone=timezone)
         self.timezone = timezone
+        self.precision = precision
+        if precision is not None:
+            # `timestamp(6)`, as Rails 7's `t.timestamps` writes Canvas's newer tables.
+            self.impl = self.impl.with_variant(
+                postgresql.TIMESTAMP(timezone=timezone, precision=precision), "postgresql"
+            )
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
         if value is None:
@@ -79,9 +86,10 @@ NAMING_CONVENTION = {
 WorkflowState = Annotated[str, mapped_column(String(255), nullable=False)]
 
 
-def CanvasTimestamp() -> UTCDateTime:
-    """``timestamp without time zone`` holding UTC: every timestamp column of Canvas's tables."""
-    return UTCDateTime(timezone=False)
+def CanvasTimestamp(precision: int | None = None) -> UTCDateTime:
+    """``timestamp without time zone`` holding UTC: every timestamp column of Canvas's tables
+    (``timestamp(6)`` where Canvas's migration asks for that precision)."""
+    return UTCDateTime(timezone=False, precision=precision)
 
 
 class Base(DeclarativeBase):

@@ -269,7 +269,7 @@ class RoleOverride(Base):
     __table_args__ = (Index("index_role_overrides_on_role_id", "role_id"),)
 
     id: Mapped[IdPk]
-    permission: Mapped[str] = mapped_column(String(255), nullable=False)
+    permission: Mapped[str | None] = mapped_column(String(255))
     enabled: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=True, server_default=true()
     )
@@ -283,8 +283,11 @@ class RoleOverride(Base):
         Boolean, nullable=False, default=True, server_default=true()
     )
     root_account_id: Mapped[int] = mapped_column(BigId, ForeignKey("accounts.id"), nullable=False)
-    created_at: Mapped[Created]
-    updated_at: Mapped[Updated]
+    # Nullable here, unlike most of Canvas's tables (the init migration's `t.timestamps null: true`).
+    created_at: Mapped[dt.datetime | None] = mapped_column(CanvasTimestamp(), default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(
+        CanvasTimestamp(), default=utcnow, onupdate=utcnow
+    )
 
 
 class AccountUser(Base):
@@ -302,8 +305,9 @@ class AccountUser(Base):
     created_at: Mapped[Created]
     updated_at: Mapped[Updated]
     role_id: Mapped[int] = mapped_column(BigId, ForeignKey("roles.id"), nullable=False)
+    # `character varying` without a limit, as Canvas's migration has it.
     workflow_state: Mapped[str] = mapped_column(
-        String(255), nullable=False, default="active", server_default="active"
+        String(), nullable=False, default="active", server_default="active"
     )
     root_account_id: Mapped[int] = mapped_column(BigId, ForeignKey("accounts.id"), nullable=False)
 
@@ -319,8 +323,13 @@ class TemporaryEnrollmentPairing(Base):
     workflow_state: Mapped[str] = mapped_column(
         String(255), nullable=False, default="active", server_default="active"
     )
-    created_at: Mapped[Created]
-    updated_at: Mapped[Updated]
+    # `t.timestamps` of a Migration[7.0]: timestamp(6).
+    created_at: Mapped[dt.datetime] = mapped_column(
+        CanvasTimestamp(precision=6), nullable=False, default=utcnow
+    )
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        CanvasTimestamp(precision=6), nullable=False, default=utcnow, onupdate=utcnow
+    )
     # Free text, as in Canvas: the sweep must meet (and refuse) values it does not know.
     ending_enrollment_state: Mapped[str | None] = mapped_column(Text)
     created_by_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("users.id"))
@@ -354,6 +363,7 @@ class Enrollment(Base):
             "role_id",
             "course_section_id",
             unique=True,
+            **_partial("temporary_enrollment_source_user_id IS NOT NULL"),  # type: ignore[arg-type]
         ),
         # Canvas's partial index: the per-pairing work (expire its due rows, decide whether it
         # has ended) walks a pairing's enrollments through it.
