@@ -20,16 +20,16 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, insert, inspect, text
 
 from models import (
-    CANVAS_TABLE_CLASSES,
     CANVAS_TABLES_EXISTING,
     DUMMY_ROOT_ACCOUNT_ID,
     TEP_SCHEMA,
     Account,
     Base,
     Schemas,
+    canvas_table_objects,
     make_engine,
     utcnow,
 )
@@ -67,8 +67,7 @@ def missing_canvas_columns(connection: Connection, schemas: Schemas) -> list[str
     present = set(inspector.get_table_names(schema=schema))
     problems: list[str] = []
     where = f"{schema}." if schema else ""
-    for model in CANVAS_TABLE_CLASSES:
-        table = model.__table__
+    for table in canvas_table_objects():
         if table.name not in present:
             problems.append(f"missing Canvas table {where}{table.name}")
             continue
@@ -132,7 +131,7 @@ def seed_dummy_root_account(connection: Connection) -> None:
     (db/migrate/20111111214312_load_initial_data.rb)."""
     now = utcnow()
     connection.execute(
-        Account.__table__.insert().values(
+        insert(Account).values(
             id=DUMMY_ROOT_ACCOUNT_ID,
             name=DUMMY_ROOT_ACCOUNT_NAME,
             workflow_state="deleted",

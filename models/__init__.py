@@ -1,6 +1,8 @@
 """The schema (Canvas's tables, tep's own), engine and session helpers. Knows nothing above it."""
 
-from models.base import TEP_SCHEMA, UTC, Base, CanvasTimestamp, UTCDateTime, utcnow
+from sqlalchemy import Table
+
+from models.base import TEP_SCHEMA, UTC, AnySelect, Base, CanvasTimestamp, UTCDateTime, utcnow
 from models.canvas import (
     ACCOUNT_ADMIN_ROLE,
     ACCOUNT_MEMBERSHIP_ROLE,
@@ -82,6 +84,11 @@ def canvas_tables() -> list[str]:
     return [model.__tablename__ for model in CANVAS_TABLE_CLASSES]
 
 
+def canvas_table_objects() -> list[Table]:
+    """The same, as `Table` objects (their mapped columns)."""
+    return [Base.metadata.tables[name] for name in canvas_tables()]
+
+
 def tep_tables() -> list[str]:
     """tep's own tables (`TEP_SCHEMA`), in dependency order."""
     return [t.name for t in Base.metadata.sorted_tables if t.schema == TEP_SCHEMA]
@@ -113,6 +120,7 @@ __all__ = [
     "UTC",
     "Account",
     "AccountUser",
+    "AnySelect",
     "ApiToken",
     "Base",
     "CanvasTimestamp",
@@ -137,6 +145,7 @@ __all__ = [
     "User",
     "WebhookDelivery",
     "WebhookReceiver",
+    "canvas_table_objects",
     "canvas_tables",
     "live",
     "make_engine",

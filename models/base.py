@@ -16,15 +16,18 @@ to the one file.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Unpack
 
-from sqlalchemy import DateTime, Dialect, MetaData, String
+from sqlalchemy import DateTime, Dialect, MetaData, Select, String
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 UTC = dt.UTC
 
+
+# Any SELECT, whatever its columns (SQLAlchemy 2.1's Select is generic over its row's types).
+AnySelect = Select[Unpack[tuple[Any, ...]]]
 
 # The placeholder schema of tep's own tables (translated to the configured one by the engine).
 TEP_SCHEMA = "tep"
@@ -47,7 +50,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         self.precision = precision
         if precision is not None:
             # `timestamp(6)`, as Rails 7's `t.timestamps` writes Canvas's newer tables.
-            self.impl = self.impl.with_variant(
+            impl: Any = self.impl
+            self.impl = impl.with_variant(
                 postgresql.TIMESTAMP(timezone=timezone, precision=precision), "postgresql"
             )
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SQLColumnExpression,
     String,
     Text,
     false,
@@ -449,7 +450,7 @@ class EnrollmentState(Base):
     root_account_id: Mapped[int] = mapped_column(BigId, ForeignKey("accounts.id"), nullable=False)
 
 
-def live(enrollment_state: ColumnElement[str]) -> ColumnElement[bool]:
+def live(enrollment_state: SQLColumnExpression[str]) -> ColumnElement[bool]:
     """`state IN ('active', 'invited', 'creation_pending')` as literal SQL, not bind parameters:
     PostgreSQL only uses a partial index when it can prove the query's predicate implies the
     index's, which it cannot for a generic plan's parameters."""

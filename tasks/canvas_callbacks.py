@@ -38,7 +38,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Select,
     and_,
     any_,
     bindparam,
@@ -53,7 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from models import CanvasTimestamp, Enrollment, EnrollmentState, User
+from models import AnySelect, CanvasTimestamp, Enrollment, EnrollmentState, User
 
 # Canvas's `Enrollment#view_restrictable?`: students and observers see a course before it starts
 # (pending) rather than losing it (inactive).
@@ -136,7 +135,7 @@ def ids_in(session: Session, column: Any, ids: Collection[int]) -> ColumnElement
 
 
 def enrollment_state_upsert(
-    session: Session, rows: Select[Any], as_of: dt.datetime, changed_at: dt.datetime
+    session: Session, rows: AnySelect, as_of: dt.datetime, changed_at: dt.datetime
 ) -> Any:
     """INSERT .. ON CONFLICT DO UPDATE of `enrollment_states` from `rows`, a SELECT of
     (enrollment_id, workflow_state, start_at, end_at, type, root_account_id): the cache row of
@@ -215,7 +214,7 @@ def sync_enrollments(
     touch_users(session, select(Enrollment.user_id).where(where), changed_at)
 
 
-def touch_users(session: Session, user_ids: Select[Any], changed_at: dt.datetime) -> None:
+def touch_users(session: Session, user_ids: AnySelect, changed_at: dt.datetime) -> None:
     """`users.updated_at` of these users (Canvas's `User#touch`; its caches key on it)."""
     session.connection().execute(
         update(User).where(User.id.in_(user_ids.scalar_subquery())).values(updated_at=changed_at)

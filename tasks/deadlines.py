@@ -24,11 +24,12 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Select, case, delete, exists, func, select
+from sqlalchemy import case, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models import (
+    AnySelect,
     DiscoveryCursor,
     Enrollment,
     EnrollmentDeadline,
@@ -59,7 +60,7 @@ def _live_temporary() -> Any:
     return Enrollment.temporary_enrollment_pairing_id.is_not(None), live(Enrollment.workflow_state)
 
 
-def _rows(where: Any) -> Select[Any]:
+def _rows(where: Any) -> AnySelect:
     """Live temporary enrollments of open pairings matching `where`, as deadline rows."""
     return select(
         Enrollment.id,
@@ -69,7 +70,7 @@ def _rows(where: Any) -> Select[Any]:
     ).where(*_live_temporary(), where, open_pairing(Enrollment.temporary_enrollment_pairing_id))
 
 
-def _upsert(session: Session, rows: Select[Any]) -> int:
+def _upsert(session: Session, rows: AnySelect) -> int:
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(EnrollmentDeadline).from_select(
         ["enrollment_id", "temporary_enrollment_pairing_id", "root_account_id", "end_at"], rows

@@ -61,6 +61,7 @@ from models import (
     ENDING_ENROLLMENT_STATES,
     LIVE_ENROLLMENT_STATES,
     Account,
+    AnySelect,
     CanvasTimestamp,
     Enrollment,
     EnrollmentDeadline,
@@ -77,7 +78,7 @@ from tasks import canvas_callbacks, deadlines
 
 log = logging.getLogger("tep.lifecycle")
 
-SelectT = TypeVar("SelectT", bound=Select[Any])
+SelectT = TypeVar("SelectT", bound=AnySelect)
 
 # How a sweep goes through a backlog, measured with bench/ on 1,000,000 due enrollments among
 # 2,000,000 (bench/RESULTS.md).
@@ -386,7 +387,7 @@ def pairings_missing_end_at(
         indexed = select(EnrollmentDeadline.enrollment_id).where(
             EnrollmentDeadline.end_at.is_(None)
         )
-        scope = Enrollment.id.in_(indexed.scalar_subquery())
+        scope: ColumnElement[bool] = Enrollment.id.in_(indexed.scalar_subquery())
     else:
         # A batch: from Canvas's rows of its pairings (Canvas's partial index).
         scope = _id_in(session, Enrollment.temporary_enrollment_pairing_id, pairing_ids)
