@@ -17,7 +17,7 @@ from api.auth import route_scope
 from api.db import Database
 from api.errors import install_handlers
 from api.routes import accounts, enrollments, pairings
-from models import make_engine, make_sessionmaker
+from models import CANVAS_TABLES_EXISTING, CANVAS_TABLES_MANAGED, make_engine, make_sessionmaker
 from tasks.metrics import render_metrics
 
 ROUTERS = (pairings.router, enrollments.router, accounts.router)
@@ -33,6 +33,8 @@ temporary enrollments to a pairing, as Canvas documents them.
   bracketed names nest (`enrollment[user_id]`, `state[]`).
 * Lists are paginated with `page` and `per_page` (default 10, at most 100) and a `Link` header.
 * Errors are `{"errors": [{"message": "..."}]}`.
+* On Canvas's own database (`TEP_CANVAS_TABLES=existing`) Canvas owns users, courses and
+  sections: creating them here is refused (403); enrollments and pairings work as documented.
 """
 
 
@@ -52,9 +54,17 @@ def create_app(
     *,
     database_url: str | None = None,
     webhook_urls: Sequence[str] = (),
+    canvas_tables: str = CANVAS_TABLES_MANAGED,
 ) -> FastAPI:
     """The app on the database of `factory` (or of `database_url`). `webhook_urls` are the
-    configured receivers, so that `/metrics` reports them as the worker's endpoint does."""
+    configured receivers, so that `/metrics` reports them as the worker's endpoint does.
+    `canvas_tables` is TEP_CANVAS_TABLES: with `existing`, Canvas's tables are a real Canvas's
+    and the endpoints creating users, courses and sections refuse (403)."""
+    if canvas_tables not in (CANVAS_TABLES_MANAGED, CANVAS_TABLES_EXISTING):
+        raise ValueError(
+            f"canvas_tables {canvas_tables!r}: use {CANVAS_TABLES_MANAGED} or "
+            f"{CANVAS_TABLES_EXISTING}"
+        )
     if factory is None:
         if database_url is None:
             raise ValueError("create_app needs a session factory or a database URL")
@@ -67,7 +77,9 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.database = Database(write=factory, read=make_sessionmaker(engine, read_only=True))
+    app.state.database = Database(
+        write=factory, read=make_sessionmaker(engine, read_only=True), canvas_tables=canvas_tables
+    )
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -4,7 +4,8 @@ A token is a random secret shown once; the database keeps only its SHA-256 hash 
 384 bits of entropy, so a plain hash cannot be brute-forced and needs no salt) and its first
 characters as a hint for operators. Each token belongs to one user in one root account and may
 carry Canvas developer-key scopes (`url:GET|/api/v1/accounts/:account_id/...`): a scoped token
-may call only those endpoints.
+may call only those endpoints. Tokens live in tep's own table (`api_tokens` in `TEP_SCHEMA`): on
+Canvas's database, Canvas's own `access_tokens` are Canvas's, and tep neither reads nor writes them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from api.db import DatabaseDep
 from api.errors import WWW_AUTHENTICATE, ApiError
-from models import AccessToken, Account, Pseudonym, User, transaction, utcnow
+from models import Account, ApiToken, Pseudonym, User, real_accounts, transaction, utcnow
 from tasks.lifecycle import LifecycleError, require_root_account
 
 SECRET_BYTES = 48
@@ -65,7 +66,7 @@ def create_token(
     user_id: int,
     scopes: Sequence[str] = (),
     known_scopes: Sequence[str] = (),
-) -> tuple[AccessToken, str]:
+) -> tuple[ApiToken, str]:
     """Store a new token for `user_id` in root account `account_id`; returns it and its secret.
 
     Raises LifecycleError (a message for people) for an unknown account or user, a user with no
@@ -89,7 +90,7 @@ def create_token(
             f"unknown scope(s) {', '.join(unknown)}; known scopes: {', '.join(known_scopes)}"
         )
     secret = secrets.token_urlsafe(SECRET_BYTES)
-    token = AccessToken(
+    token = ApiToken(
         user_id=user_id,
         root_account_id=account_id,
         crypted_token=hash_token(secret),
@@ -116,9 +117,15 @@ def authenticate(
     now = utcnow()
     with transaction(db.read, commit=False) as session:
         row = session.execute(
-            select(AccessToken, Account.workflow_state)
-            .join(Account, Account.id == AccessToken.root_account_id)
-            .where(AccessToken.crypted_token == hash_token(credentials.credentials))
+            select(ApiToken, Account.workflow_state)
+            .join(Account, Account.id == ApiToken.root_account_id)
+            # The token's account must still be a root account, and never Canvas's dummy
+            # account 0 (every root account's `root_account_id`).
+            .where(
+                ApiToken.crypted_token == hash_token(credentials.credentials),
+                Account.is_root,
+                real_accounts(),
+            )
         ).one_or_none()
         if row is None:
             raise _unauthenticated("Invalid access token.")

@@ -23,7 +23,12 @@ def app_from_settings() -> FastAPI:
     from api.app import create_app
     from worker.settings import get_settings
 
-    return create_app(runtime.session_factory(), webhook_urls=get_settings().webhook_url_list)
+    settings = get_settings()
+    return create_app(
+        runtime.session_factory(),
+        webhook_urls=settings.webhook_url_list,
+        canvas_tables=settings.canvas_tables,
+    )
 
 
 def serve(

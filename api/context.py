@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Path
+from fastapi import Depends, Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.auth import Caller
-from api.errors import ErrorBody, not_found
+from api.auth import Caller, CallerDep
+from api.db import DatabaseDep
+from api.errors import ErrorBody, forbidden, not_found
 from api.params import MAX_ID
-from models import Account, Course, CourseSection, Pseudonym, User
+from models import DUMMY_ROOT_ACCOUNT_ID, Account, Course, CourseSection, Pseudonym, User
 
 AccountIdPath = Annotated[
     str,
@@ -34,6 +35,8 @@ def id_path(what: str) -> Any:
 ERROR_DESCRIPTIONS = {
     400: "A parameter is missing or has a value that is not accepted; the message names it.",
     401: "No token, a bad token, or a token whose scopes do not include this endpoint.",
+    403: "Not done by this service here: on Canvas's own database (`TEP_CANVAS_TABLES=existing`) "
+    "Canvas owns users, courses and sections.",
     404: "No such object in the token's root account.",
     422: "The parameters are well-formed but refer to something that cannot be used.",
 }
@@ -47,10 +50,27 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def canvas_owns(what: str) -> Any:
+    """A route dependency for the endpoints that create Canvas objects other than enrollments
+    and pairings: on Canvas's own database (`existing` mode) Canvas owns its users, courses and
+    sections, and tep, which writes only what its lifecycle needs there, refuses (403). It runs
+    after authentication, so a caller without a good token still gets the 401."""
+
+    def refuse_on_canvas(_caller: CallerDep, db: DatabaseDep) -> None:
+        if db.on_canvas:
+            raise forbidden(
+                f"Canvas owns {what} here: this service runs on Canvas's own database "
+                f"(TEP_CANVAS_TABLES=existing) and does not create {what}; create them in Canvas"
+            )
+
+    return Depends(refuse_on_canvas)
+
+
 def find_account(session: Session, caller: Caller, account_id: str) -> Account:
     """The account in the path: `self`, the caller's root account, or one of its sub-accounts."""
     target = caller.root_account_id if account_id == "self" else int(account_id)
-    account = session.get(Account, target)
+    # Canvas's dummy account 0 is no account anyone may reach.
+    account = session.get(Account, target) if target != DUMMY_ROOT_ACCOUNT_ID else None
     if (
         account is None
         or account.workflow_state == "deleted"

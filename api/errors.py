@@ -46,6 +46,10 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, message)
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, message)
+
+
 def not_found(message: str) -> ApiError:
     return ApiError(404, message)
 

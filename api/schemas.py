@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import BaseModel, PlainSerializer, WithJsonSchema
 
 from models import Account, Course, CourseSection, Pseudonym, TemporaryEnrollmentPairing, User
-from tasks.lifecycle import iso
+from tasks.lifecycle import PairingView, iso
 
 Timestamp = Annotated[
     dt.datetime,
@@ -24,7 +24,9 @@ COURSE_STATES_SHOWN = {"claimed": "unpublished", "created": "unpublished"}
 
 
 class TemporaryEnrollmentPairingJson(BaseModel):
-    """A TemporaryEnrollmentPairing, as Canvas's API returns it."""
+    """A TemporaryEnrollmentPairing, as Canvas's API returns it, with the state tep shows:
+    `workflow_state` `ended` and `ended_at` come from tep's pairing ends (Canvas's row knows only
+    `active` and `deleted`, and has no `ended_at`)."""
 
     id: int | None
     root_account_id: int
@@ -37,15 +39,18 @@ class TemporaryEnrollmentPairingJson(BaseModel):
     updated_at: Timestamp | None
 
     @classmethod
-    def of(cls, pairing: TemporaryEnrollmentPairing) -> TemporaryEnrollmentPairingJson:
+    def of(
+        cls, pairing: TemporaryEnrollmentPairing, view: PairingView
+    ) -> TemporaryEnrollmentPairingJson:
+        """`view` is the pairing's shown state (`lifecycle.pairing_view(s)`)."""
         return cls(
             id=pairing.id,
             root_account_id=pairing.root_account_id,
-            workflow_state=pairing.workflow_state,
+            workflow_state=view.workflow_state,
             ending_enrollment_state=pairing.ending_enrollment_state,
             created_by_id=pairing.created_by_id,
             deleted_by_id=pairing.deleted_by_id,
-            ended_at=pairing.ended_at,
+            ended_at=view.ended_at,
             created_at=pairing.created_at,
             updated_at=pairing.updated_at,
         )
@@ -65,6 +70,7 @@ class EnrollmentJson(BaseModel):
     root_account_id: int
     type: str
     role: str
+    role_id: int
     enrollment_state: str
     start_at: Timestamp | None
     end_at: Timestamp | None
@@ -77,8 +83,9 @@ class EnrollmentJson(BaseModel):
 
 class AccountJson(BaseModel):
     id: int
-    name: str
+    name: str | None  # nullable in Canvas's table
     parent_account_id: int | None
+    # null for a root account, as Canvas shows it (lib/api/v1/account.rb), not the stored 0.
     root_account_id: int | None
     workflow_state: str
 
@@ -88,14 +95,14 @@ class AccountJson(BaseModel):
             id=account.id,
             name=account.name,
             parent_account_id=account.parent_account_id,
-            root_account_id=account.root_account_id,
+            root_account_id=None if account.is_root else account.root_account_id,
             workflow_state=account.workflow_state,
         )
 
 
 class CourseJson(BaseModel):
     id: int
-    name: str
+    name: str | None  # nullable in Canvas's table
     course_code: str | None
     account_id: int
     root_account_id: int
@@ -137,9 +144,9 @@ class SectionJson(BaseModel):
 
 class UserJson(BaseModel):
     id: int
-    name: str
+    name: str | None  # nullable in Canvas's table
     sortable_name: str | None
-    short_name: str
+    short_name: str | None
     login_id: str | None
     sis_user_id: str | None
     created_at: Timestamp

@@ -1,6 +1,12 @@
 """What a Canvas client needs to reach pairings and enrollments: accounts, courses, sections and
 users, in Canvas's shapes (`canvas.get_account`, `account.create_course`, `account.create_user`,
-`course.create_course_section`, `canvas.get_course`)."""
+`course.create_course_section`, `canvas.get_course`).
+
+Creating users, courses and sections is for standalone tep (`TEP_CANVAS_TABLES=managed`), where
+tep's tables are a small Canvas; on Canvas's own database (`existing`) Canvas owns them and these
+endpoints refuse (403). Root accounts are never created here (`tep demo`, the tests and Canvas
+make them, with their default term and built-in roles: tasks/canvas_objects.py).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from api.auth import CallerDep
 from api.context import (
     AccountIdPath,
+    canvas_owns,
     error_responses,
     find_account,
     find_course,
@@ -24,7 +31,8 @@ from api.db import DatabaseDep
 from api.errors import bad_request
 from api.params import DATE_TIME, Field, ParamsDep, documented, string_schema
 from api.schemas import AccountJson, CourseJson, SectionJson, UserJson
-from models import CommunicationChannel, Course, CourseSection, Pseudonym, User, transaction
+from models import CommunicationChannel, CourseSection, Pseudonym, User, transaction
+from tasks import canvas_objects
 
 router = APIRouter(prefix="/api/v1")
 
@@ -78,7 +86,8 @@ def show_account(account_id: AccountIdPath, caller: CallerDep, db: DatabaseDep) 
     "/accounts/{account_id}/courses",
     response_model=CourseJson,
     summary="Create a new course",
-    responses=error_responses(),
+    responses=error_responses(403),
+    dependencies=[canvas_owns("courses")],
     openapi_extra=documented(body=COURSE_FIELDS),
     tags=["Courses"],
 )
@@ -94,24 +103,10 @@ def create_course(
         raise bad_request("course[end_at] is before course[start_at]")
     with transaction(db.write) as session:
         account = find_account(session, caller, account_id)
-        course = Course(
-            name=name,
-            course_code=code,
-            account_id=account.id,
-            root_account_id=caller.root_account_id,
-            start_at=start_at,
-            conclude_at=end_at,
-        )
-        session.add(course)
-        session.flush()
-        # Canvas gives every course a default section; enrollments made without a section go there.
-        session.add(
-            CourseSection(
-                course_id=course.id,
-                root_account_id=course.root_account_id,
-                name=name,
-                default_section=True,
-            )
+        # In its root account's default term, with its default section (where enrollments made
+        # without a section go), as Canvas creates a course.
+        course, _section = canvas_objects.create_course(
+            session, account, name, course_code=code, start_at=start_at, conclude_at=end_at
         )
         return CourseJson.of(course)
 
@@ -134,7 +129,8 @@ def show_course(
     "/courses/{course_id}/sections",
     response_model=SectionJson,
     summary="Create course section",
-    responses=error_responses(),
+    responses=error_responses(403),
+    dependencies=[canvas_owns("sections")],
     openapi_extra=documented(body=SECTION_FIELDS),
     tags=["Sections"],
 )
@@ -165,7 +161,8 @@ def sortable(name: str) -> str:
     "/accounts/{account_id}/users",
     response_model=UserJson,
     summary="Create a user",
-    responses=error_responses(),
+    responses=error_responses(403),
+    dependencies=[canvas_owns("users")],
     openapi_extra=documented(body=USER_FIELDS, body_required=True),
     tags=["Users"],
 )
@@ -201,7 +198,9 @@ def create_user(
             raise bad_request(
                 f"pseudonym[unique_id] {unique_id!r} is already in use in this account"
             )
-        user = User(name=name.strip(), sortable_name=sortable_name)
+        user = User(
+            name=name.strip(), sortable_name=sortable_name, uuid=canvas_objects.canvas_uuid()
+        )
         session.add(user)
         session.flush()
         session.add(

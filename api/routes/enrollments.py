@@ -5,6 +5,15 @@ Every writer of a temporary enrollment takes its pairing's row lock first, as th
 is what keeps the sweep's audit INSERT and its UPDATE looking at the same rows. A change that leaves
 a pairing with nothing live ends the pairing by the lifecycle's own rules
 (:func:`tasks.lifecycle.settle_pairing`).
+
+Canvas's callbacks do not run when tep writes SQL, so every write here also does what they would
+have done, in the same transaction: a new enrollment gets its uuid, the built-in role of its type
+and its `enrollment_states` row (:func:`tasks.canvas_objects.create_enrollment`); a DELETE task
+rewrites that row and touches the user (:func:`tasks.canvas_callbacks.sync_enrollments`); and
+tep's deadline index follows both (:func:`tasks.deadlines.track`). The DELETE tasks write what
+Canvas's own write (app/controllers/enrollments_api_controller.rb `destroy`, and the
+`Enrollment#conclude`, `#deactivate` and `#destroy` it calls) changes: the state, `updated_at`,
+and `completed_at` for `conclude`.
 """
 
 from __future__ import annotations
@@ -14,11 +23,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import Caller, CallerDep
 from api.context import error_responses, find_course, find_section, id_path, user_in_account
-from api.db import DatabaseDep
+from api.db import Database, DatabaseDep
 from api.errors import bad_request, not_found, unprocessable
 from api.pagination import FIELDS as PAGE_FIELDS
 from api.pagination import LINK_HEADER_DOC, paginate, requested_page
@@ -41,12 +51,13 @@ from models import (
     LIVE_ENROLLMENT_STATES,
     CourseSection,
     Enrollment,
+    Role,
     StateChange,
     TemporaryEnrollmentPairing,
     transaction,
     utcnow,
 )
-from tasks import lifecycle
+from tasks import canvas_callbacks, canvas_objects, deadlines, lifecycle
 
 router = APIRouter(prefix="/api/v1")
 
@@ -148,14 +159,17 @@ DELETE_BODY = (Field("task", string_schema(tuple(TASK_STATES)), TASK_DOC),)
 # The state shown: the read-time check
 
 
-def shown_state(enrollment: Enrollment, pairing: Pairing | None, now: dt.datetime) -> str:
+def shown_state(
+    session: Session, enrollment: Enrollment, pairing: Pairing | None, now: dt.datetime
+) -> str:
     """The state in force at `now`: a due temporary enrollment (the sweep's rule) shows its
-    pairing's ending state before the worker has written it, so access ends on time."""
+    pairing's ending state before the worker has written it, so access ends on time. Only an
+    open pairing (shown `active`: not deleted, no end recorded) still ends its enrollments."""
     if (
         pairing is not None
-        and pairing.workflow_state == "active"
         and enrollment.workflow_state in LIVE_ENROLLMENT_STATES
         and lifecycle.is_due(enrollment.end_at, now)
+        and lifecycle.pairing_state(session, pairing) == "active"  # last: it is a query
     ):
         ending_state = lifecycle.resolve_ending_state(pairing.ending_enrollment_state)
         if ending_state is not None:  # an unknown one is never guessed at
@@ -164,14 +178,15 @@ def shown_state(enrollment: Enrollment, pairing: Pairing | None, now: dt.datetim
 
 
 def shown_state_sql(now: dt.datetime) -> ColumnElement[str]:
-    """:func:`shown_state` as SQL, over enrollments outer-joined to their pairings."""
+    """:func:`shown_state` as SQL, over enrollments outer-joined to their pairings (and a
+    correlated look at tep's pairing ends: `lifecycle.open_pairing`)."""
     return case(
         (
             and_(
                 Enrollment.temporary_enrollment_pairing_id.is_not(None),
                 Enrollment.workflow_state.in_(LIVE_ENROLLMENT_STATES),
                 Enrollment.end_at <= now,
-                Pairing.workflow_state == "active",
+                lifecycle.open_pairing(),
                 or_(
                     Pairing.ending_enrollment_state.is_(None),
                     Pairing.ending_enrollment_state.in_(ENDING_ENROLLMENT_STATES),
@@ -185,7 +200,8 @@ def shown_state_sql(now: dt.datetime) -> ColumnElement[str]:
     )
 
 
-def enrollment_json(enrollment: Enrollment, state: str) -> EnrollmentJson:
+def enrollment_json(enrollment: Enrollment, state: str, role: str) -> EnrollmentJson:
+    """`role` is the name of the enrollment's role (its type, for a built-in role)."""
     return EnrollmentJson(
         id=enrollment.id,
         user_id=enrollment.user_id,
@@ -193,7 +209,8 @@ def enrollment_json(enrollment: Enrollment, state: str) -> EnrollmentJson:
         course_section_id=enrollment.course_section_id,
         root_account_id=enrollment.root_account_id,
         type=enrollment.type,
-        role=enrollment.type,
+        role=role,
+        role_id=enrollment.role_id,
         enrollment_state=state,
         start_at=enrollment.start_at,
         end_at=enrollment.end_at,
@@ -267,30 +284,58 @@ def _create(
         ).scalar_one_or_none()
         if pairing is None or pairing.root_account_id != root:
             raise not_found(f"no temporary enrollment pairing with id {pairing_id}")
-        if pairing.workflow_state != "active":
+        # The shown state: Canvas's row stays `active` when a pairing ends (tep's table says it).
+        pairing_state = lifecycle.pairing_state(session, pairing)
+        if pairing_state != "active":
             raise unprocessable(
-                f"temporary enrollment pairing {pairing_id} is {pairing.workflow_state}; "
+                f"temporary enrollment pairing {pairing_id} is {pairing_state}; "
                 "only an active pairing takes enrollments"
             )
 
+    # The built-in role of the type, as Canvas gives an enrollment created without a role.
+    role = canvas_objects.built_in_role(session, root, enrollment_type)
+    # Canvas's unique index `index_enrollments_on_user_type_role_section`: one enrollment per
+    # user, type, role and section, whatever its state. Canvas's own `Course#enroll_user` would
+    # reuse the existing row; this service does not rewrite an enrollment it was asked to create.
+    existing = session.scalar(
+        select(Enrollment.id).where(
+            Enrollment.user_id == user_id,
+            Enrollment.type == enrollment_type,
+            Enrollment.role_id == role.id,
+            Enrollment.course_section_id == section.id,
+            Enrollment.associated_user_id.is_(None),
+        )
+    )
+    already = f"user {user_id} already has a {enrollment_type} enrollment in section {section.id}"
+    if existing is not None:
+        raise unprocessable(
+            f"{already} (enrollment {existing}); Canvas allows one per user, role and section"
+        )
     enrollment = Enrollment(
         user_id=user_id,
         course_id=section.course_id,
         course_section_id=section.id,
         root_account_id=root,
         type=enrollment_type,
+        role_id=role.id,
         workflow_state=state,
         start_at=start_at,
         end_at=end_at,
         temporary_enrollment_source_user_id=source_user_id,
         temporary_enrollment_pairing_id=pairing_id,
     )
-    session.add(enrollment)
-    session.flush()
-    return enrollment_json(enrollment, enrollment.workflow_state)
+    try:
+        # uuid, its `enrollment_states` row, the user's touch and tep's deadline index.
+        canvas_objects.create_enrollment(session, enrollment, as_of=now)
+    except IntegrityError:
+        # Another request enrolled the same user between our check and our insert.
+        raise unprocessable(f"{already}; Canvas allows one per user, role and section") from None
+    return enrollment_json(enrollment, enrollment.workflow_state, role.name)
 
 
-def _default_section(session: Session, course_id: int, root_account_id: int) -> CourseSection:
+def _default_section(
+    session: Session, db: Database, course_id: int, root_account_id: int
+) -> CourseSection:
     section = session.scalar(
         select(CourseSection)
         .where(
@@ -301,6 +346,12 @@ def _default_section(session: Session, course_id: int, root_account_id: int) -> 
         .limit(1)
     )
     if section is None:
+        if db.on_canvas:
+            # Canvas's sections are Canvas's to create (it makes the default one on demand).
+            raise unprocessable(
+                f"course {course_id} has no section; Canvas owns sections here: create one in "
+                "Canvas, or give enrollment[course_section_id]"
+            )
         # A course made elsewhere without sections: Canvas creates the default one on demand.
         section = CourseSection(
             course_id=course_id, root_account_id=root_account_id, name="", default_section=True
@@ -331,7 +382,7 @@ def create_course_enrollment(
     with transaction(db.write) as session:
         course = find_course(session, caller, course_id)
         if section_id is None:
-            section = _default_section(session, course.id, course.root_account_id)
+            section = _default_section(session, db, course.id, course.root_account_id)
         else:
             section = find_section(session, caller, section_id)
             if section.course_id != course.id:
@@ -403,8 +454,9 @@ def list_enrollments(
     with transaction(db.read, commit=False) as session:
         course = find_course(session, caller, course_id)
         stmt = (
-            select(Enrollment, shown)
+            select(Enrollment, shown, Role.name)
             .outerjoin(Pairing, Pairing.id == Enrollment.temporary_enrollment_pairing_id)
+            .join(Role, Role.id == Enrollment.role_id)
             .where(Enrollment.course_id == course.id, shown.in_(states))
             .order_by(Enrollment.id)
         )
@@ -418,7 +470,7 @@ def list_enrollments(
             if for_recipient:
                 stmt = stmt.where(Enrollment.temporary_enrollment_source_user_id.is_not(None))
         rows = paginate(session, stmt, page, request, response)
-        return [enrollment_json(enrollment, state) for enrollment, state in rows]
+        return [enrollment_json(enrollment, state, role) for enrollment, state, role in rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,13 +534,22 @@ def delete_enrollment(
                     created_at=now,
                 )
             )
+            # What Canvas's conclude / deactivate / destroy change on the row, and no more.
             enrollment.workflow_state = to_state
             enrollment.updated_at = now
             if to_state == "completed":
                 enrollment.completed_at = now
             session.flush()
+            # What Canvas's callbacks would have written, and tep's deadline index.
+            canvas_callbacks.sync_enrollments(session, [enrollment.id], now)
+            deadlines.track(session, [enrollment.id])
             if pairing is not None:
                 lifecycle.settle_pairing(session, pairing.id, as_of=now, run_id=run_id)
                 session.refresh(pairing)
                 session.refresh(enrollment)
-        return enrollment_json(enrollment, shown_state(enrollment, pairing, now))
+        role = session.get(Role, enrollment.role_id)
+        return enrollment_json(
+            enrollment,
+            shown_state(session, enrollment, pairing, now),
+            role.name if role is not None else enrollment.type,
+        )

@@ -98,12 +98,14 @@ def list_pairings(
             select(TemporaryEnrollmentPairing)
             .where(
                 TemporaryEnrollmentPairing.root_account_id == caller.root_account_id,
-                TemporaryEnrollmentPairing.workflow_state.in_(states),
+                # The shown state (Canvas's row and tep's pairing ends), not Canvas's column.
+                lifecycle.shown_state_sql().in_(states),
             )
             .order_by(TemporaryEnrollmentPairing.created_at, TemporaryEnrollmentPairing.id)
         )
-        rows = paginate(session, stmt, page, request, response)
-        return [PairingJson.of(row[0]) for row in rows]
+        pairings = [row[0] for row in paginate(session, stmt, page, request, response)]
+        views = lifecycle.pairing_views(session, pairings)  # one query for the page
+        return [PairingJson.of(pairing, views[pairing.id]) for pairing in pairings]
 
 
 @router.get(
@@ -150,7 +152,8 @@ def show_pairing(
     """A pairing of the root account in any state, deleted ones included."""
     with transaction(db.read, commit=False) as session:
         find_account(session, caller, account_id)
-        return PairingJson.of(_pairing(session, caller.root_account_id, id))
+        pairing = _pairing(session, caller.root_account_id, id)
+        return PairingJson.of(pairing, lifecycle.pairing_view(session, pairing))
 
 
 @router.post(
@@ -184,7 +187,7 @@ def create_pairing(
         session.flush()
         # The `pairing.created` event: an audit row in the same transaction (the outbox).
         record_pairing_created(session, pairing, actor_id=caller.user_id)
-        return PairingJson.of(pairing)
+        return PairingJson.of(pairing, lifecycle.pairing_view(session, pairing))
 
 
 @router.delete(
@@ -209,4 +212,4 @@ def delete_pairing(
             )
         except lifecycle.UnknownEndingState as error:
             raise unprocessable(str(error)) from None
-        return PairingJson.of(pairing)
+        return PairingJson.of(pairing, lifecycle.pairing_view(session, pairing))

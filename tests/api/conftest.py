@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import known_scopes
 from api.auth import create_token
 from migrations import upgrade
-from models import Account, Pseudonym, User, make_engine, make_sessionmaker, transaction
+from models import Pseudonym, User, make_engine, make_sessionmaker, transaction
+from tasks.canvas_objects import create_root_account
 from tests import services
 from tests.api.server import ApiServer, api_server
 
@@ -40,9 +41,14 @@ def api_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def _serve(url: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[ApiServer]:
+def serve_api(
+    url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    settings: dict[str, str] | None = None,
+) -> Iterator[ApiServer]:
     log = tmp_path_factory.mktemp(name) / "api.log"
-    with api_server(url, log) as server:
+    with api_server(url, log, settings) as server:
         yield server
     assert "Traceback" not in server.log, server.log
 
@@ -51,14 +57,14 @@ def _serve(url: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Ite
 def pg_server(
     api_postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    yield from _serve(api_postgres_url, tmp_path_factory, "api-pg")
+    yield from serve_api(api_postgres_url, tmp_path_factory, "api-pg")
 
 
 @pytest.fixture(scope="session")
 def sqlite_server(
     api_sqlite_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    yield from _serve(api_sqlite_url, tmp_path_factory, "api-sqlite")
+    yield from serve_api(api_sqlite_url, tmp_path_factory, "api-sqlite")
 
 
 @pytest.fixture(scope="session")
@@ -115,10 +121,8 @@ def add_user(factory: sessionmaker[Session], account_id: int, name: str) -> int:
 
 def make_world(base_url: str, factory: sessionmaker[Session]) -> World:
     with transaction(factory) as session:
-        account = Account(name=f"University {next(_names)}")
-        session.add(account)
-        session.flush()
-        account_id = account.id
+        # With its default term and built-in roles, as Canvas makes a root account.
+        account_id = create_root_account(session, f"University {next(_names)}").id
     admin_id = add_user(factory, account_id, "Admin")
     world = World(base_url, account_id, admin_id, "", factory)
     world.token = world.token_for(admin_id)

@@ -26,12 +26,14 @@ def free_port() -> int:
 
 
 class ApiServer:
-    def __init__(self, database_url: str, log_path: Path) -> None:
+    def __init__(
+        self, database_url: str, log_path: Path, settings: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEP_")}
-        env.update(TEP_DATABASE_URL=database_url, PYTHONUNBUFFERED="1")
+        env.update(TEP_DATABASE_URL=database_url, PYTHONUNBUFFERED="1", **(settings or {}))
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "api", "--port", str(self.port)],
@@ -66,8 +68,11 @@ class ApiServer:
 
 
 @contextmanager
-def api_server(database_url: str, log_path: Path) -> Iterator[ApiServer]:
-    server = ApiServer(database_url, log_path)
+def api_server(
+    database_url: str, log_path: Path, settings: dict[str, str] | None = None
+) -> Iterator[ApiServer]:
+    """`tep api` on the database, with other `TEP_` settings if given."""
+    server = ApiServer(database_url, log_path, settings)
     try:
         wait_until(server.ready, READY_TIMEOUT_SECONDS, f"tep api on {server.base_url}")
         yield server

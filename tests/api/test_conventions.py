@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from models import AccessToken, StateChange, transaction, utcnow
+from models import ApiToken, StateChange, transaction, utcnow
 from tests.api import helpers as h
 from tests.api.conftest import World
 
@@ -54,7 +54,7 @@ def test_revoked_and_expired_tokens_are_refused(world: World) -> None:
         ):
             digest = hashlib.sha256(secret.encode()).hexdigest()
             session.execute(
-                update(AccessToken).where(AccessToken.crypted_token == digest).values(**values)
+                update(ApiToken).where(ApiToken.crypted_token == digest).values(**values)
             )
     for secret in (revoked, expired):
         with world.client(secret) as client:
@@ -63,9 +63,7 @@ def test_revoked_and_expired_tokens_are_refused(world: World) -> None:
 
 def test_only_a_hash_of_the_token_is_stored(world: World) -> None:
     with transaction(world.factory, commit=False) as session:
-        stored = session.scalars(
-            select(AccessToken).where(AccessToken.user_id == world.admin_id)
-        ).one()
+        stored = session.scalars(select(ApiToken).where(ApiToken.user_id == world.admin_id)).one()
         assert stored.crypted_token == hashlib.sha256(world.token.encode()).hexdigest()
         assert world.token not in (stored.crypted_token, stored.token_hint)
         assert world.token.startswith(stored.token_hint)

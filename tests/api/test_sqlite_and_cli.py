@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from models import AccessToken, transaction, utcnow
+from models import ApiToken, transaction, utcnow
 from tests.api import helpers as h
 from tests.api.conftest import World
 from tests.processes import PROJECT_ROOT
@@ -82,8 +82,8 @@ def test_token_create_prints_the_token_alone_on_its_last_line(
     assert result.stdout == secret + "\n" and len(secret) >= 40
     with transaction(sqlite_world.factory, commit=False) as session:
         stored = session.scalars(
-            select(AccessToken).where(
-                AccessToken.crypted_token == hashlib.sha256(secret.encode()).hexdigest()
+            select(ApiToken).where(
+                ApiToken.crypted_token == hashlib.sha256(secret.encode()).hexdigest()
             )
         ).one()
         assert (stored.user_id, stored.root_account_id) == (
