@@ -24,13 +24,16 @@ ROUTERS = (pairings.router, enrollments.router, accounts.router)
 
 DESCRIPTION = """\
 Canvas LMS's Temporary Enrollment Pairings API, and the part of its Enrollments API that attaches
-temporary enrollments to a pairing, as Canvas documents them.
+temporary enrollments to a pairing, in Canvas's wire format, so that Canvas's own clients work.
 
 * Authenticate with `Authorization: Bearer <token>` (`tep token create`). A token acts for one
   user in one root account; `self` names that account in paths. Objects of any other root
   account do not exist (404).
-* Parameters may come from the query string, a form-encoded body or a JSON body, for every method;
-  bracketed names nest (`enrollment[user_id]`, `state[]`).
+* Parameters may come from the query string, a form-encoded body or a JSON body, for every method
+  (Canvas's UI sends them all in the query string); bracketed names nest (`enrollment[user_id]`,
+  `state[]`). An id may be given as a number or as a string of digits (`12` or `"12"`).
+* A pairing is answered under its root key, `{"temporary_enrollment_pairing": {...}}`; a list of
+  pairings is an array of those.
 * Lists are paginated with `page` and `per_page` (default 10, at most 100) and a `Link` header.
 * Errors are `{"errors": [{"message": "..."}]}`.
 """
