@@ -17,6 +17,7 @@ from api.auth import route_scope
 from api.db import Database
 from api.errors import install_handlers
 from api.routes import accounts, enrollments, pairings
+from api.wire import CanvasStringIds
 from models import make_engine, make_sessionmaker
 from tasks.metrics import render_metrics
 
@@ -34,6 +35,8 @@ temporary enrollments to a pairing, in Canvas's wire format, so that Canvas's ow
   `state[]`). An id may be given as a number or as a string of digits (`12` or `"12"`).
 * A pairing is answered under its root key, `{"temporary_enrollment_pairing": {...}}`; a list of
   pairings is an array of those.
+* With `Accept: application/json+canvas-string-ids`, every `id` and `*_id` in an answer (at any
+  depth) is a string, as Canvas sends them; the schemas below show the default, numbers.
 * Lists are paginated with `page` and `per_page` (default 10, at most 100) and a `Link` header.
 * Errors are `{"errors": [{"message": "..."}]}`.
 """
@@ -72,6 +75,7 @@ def create_app(
     )
     app.state.database = Database(write=factory, read=make_sessionmaker(engine, read_only=True))
     install_handlers(app)
+    app.add_middleware(CanvasStringIds)
     for router in ROUTERS:
         app.include_router(router)
     app.state.api_routes = [route for router in ROUTERS for route in router.routes]
