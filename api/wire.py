@@ -5,9 +5,9 @@ Canvas decides per request and applies it to every JSON answer it renders, once,
 `request.headers['Accept'] =~ %r{application/json\\+canvas-string-ids}` (the media type anywhere
 in the header; Canvas's own UI sends `application/json+canvas-string-ids, application/json`, see
 `ui/shared/util/xhr.ts`, `defaultFetchOptions`), the object goes through
-`StringifyIds.recursively_stringify_ids` (`lib/stringify_ids.rb`, formerly
+`StringifyIds.recursively_stringify_ids` (`gems/stringify_ids/lib/stringify_ids.rb`, formerly
 `Api.recursively_stringify_json_ids` in `lib/api.rb`): in every hash at any depth, a key matching
-`/(^|_)id$/` whose value is an Integer becomes a string, and a key matching `/(^|_)ids$/` whose
+`/(^|_)id$/i` whose value is an Integer becomes a string, and a key matching `/(^|_)ids$/i` whose
 value is an array has its Integer items turned into strings. Anything else (null, strings,
 booleans, nested hashes under an `*_id` key) is left alone.
 
@@ -30,8 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STRING_IDS_MEDIA_TYPE = "application/json+canvas-string-ids"
 
-_ID_KEY = re.compile(r"(^|_)id$")
-_IDS_KEY = re.compile(r"(^|_)ids$")
+_ID_KEY = re.compile(r"(^|_)id$", re.IGNORECASE)
+_IDS_KEY = re.compile(r"(^|_)ids$", re.IGNORECASE)
 
 
 def wants_string_ids(accept: str | None) -> bool:

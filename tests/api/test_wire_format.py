@@ -46,6 +46,9 @@ def test_stringify_ids_is_canvas_s_recursively_stringify_ids() -> None:
         "identity": 6,  # not an id key
         "idx": 7,
         "grid": 8,  # ends in "id" but not "_id"
+        "ID": 13,  # Canvas's expressions ignore case
+        "lti_ID": 14,
+        "userId": 15,  # but need a `_` or the start before `id`
         "nested": {"id": 9, "items": [{"pairing_id": 10, "count": 11}]},
         "user_id_hash": {"id": 12},  # a hash under an *_id key is only descended into
     }
@@ -61,6 +64,9 @@ def test_stringify_ids_is_canvas_s_recursively_stringify_ids() -> None:
         "identity": 6,
         "idx": 7,
         "grid": 8,
+        "ID": "13",
+        "lti_ID": "14",
+        "userId": 15,
         "nested": {"id": "9", "items": [{"pairing_id": "10", "count": 11}]},
         "user_id_hash": {"id": "12"},
     }
