@@ -216,7 +216,7 @@ def delete_pairing(
     """Ends the pairing now: its live enrollments get its ending state, audited, and it becomes
     `deleted` with `deleted_by_id`. Deleting an `ended` pairing marks it `deleted`. Deleting a
     `deleted` pairing again changes nothing and returns it as it is (200). Answers the pairing
-    (Canvas's controller answers 204 with no body; `canvasapi` and DESIGN.md read the object)."""
+    (DESIGN.md section 5; the Canvas controller read, commit 0e63cfcd, answers 204 with no body)."""
     with transaction(db.write) as session:
         find_account(session, caller, account_id)
         _pairing(session, caller.root_account_id, id)
