@@ -17,6 +17,7 @@ from api.auth import route_scope
 from api.db import Database
 from api.errors import install_handlers
 from api.routes import accounts, enrollments, pairings
+from api.wire import CanvasStringIds
 from models import CANVAS_TABLES_EXISTING, CANVAS_TABLES_MANAGED, make_engine, make_sessionmaker
 from tasks.metrics import render_metrics
 
@@ -24,13 +25,18 @@ ROUTERS = (pairings.router, enrollments.router, accounts.router)
 
 DESCRIPTION = """\
 Canvas LMS's Temporary Enrollment Pairings API, and the part of its Enrollments API that attaches
-temporary enrollments to a pairing, as Canvas documents them.
+temporary enrollments to a pairing, in Canvas's wire format, so that Canvas's own clients work.
 
 * Authenticate with `Authorization: Bearer <token>` (`tep token create`). A token acts for one
   user in one root account; `self` names that account in paths. Objects of any other root
   account do not exist (404).
-* Parameters may come from the query string, a form-encoded body or a JSON body, for every method;
-  bracketed names nest (`enrollment[user_id]`, `state[]`).
+* Parameters may come from the query string, a form-encoded body or a JSON body, for every method
+  (Canvas's UI sends them all in the query string); bracketed names nest (`enrollment[user_id]`,
+  `state[]`). An id may be given as a number or as a string of digits (`12` or `"12"`).
+* A pairing is answered under its root key, `{"temporary_enrollment_pairing": {...}}`; a list of
+  pairings is an array of those.
+* With `Accept: application/json+canvas-string-ids`, every `id` and `*_id` in an answer (at any
+  depth) is a string, as Canvas sends them; the schemas below show the default, numbers.
 * Lists are paginated with `page` and `per_page` (default 10, at most 100) and a `Link` header.
 * Errors are `{"errors": [{"message": "..."}]}`.
 * On Canvas's own database (`TEP_CANVAS_TABLES=existing`) Canvas owns users, courses and
@@ -81,6 +87,7 @@ def create_app(
         write=factory, read=make_sessionmaker(engine, read_only=True), canvas_tables=canvas_tables
     )
     install_handlers(app)
+    app.add_middleware(CanvasStringIds)
     for router in ROUTERS:
         app.include_router(router)
     app.state.api_routes = [route for router in ROUTERS for route in router.routes]

@@ -56,6 +56,19 @@ class TemporaryEnrollmentPairingJson(BaseModel):
         )
 
 
+class TemporaryEnrollmentPairingAsJson(BaseModel):
+    """A pairing as Canvas answers it: `render json: pairing.as_json`, and Canvas's models render
+    under their root key (`app/controllers/temporary_enrollment_pairings_api_controller.rb`; its
+    spec and Canvas's UI, `ui/shared/temporary-enrollment/react/api/enrollment.ts`, read
+    `temporary_enrollment_pairing` from the answer)."""
+
+    temporary_enrollment_pairing: TemporaryEnrollmentPairingJson
+
+    @classmethod
+    def of(cls, pairing: TemporaryEnrollmentPairing) -> TemporaryEnrollmentPairingAsJson:
+        return cls(temporary_enrollment_pairing=TemporaryEnrollmentPairingJson.of(pairing))
+
+
 class EnrollmentJson(BaseModel):
     """An Enrollment, as Canvas's Enrollments API returns it.
 

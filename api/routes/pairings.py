@@ -1,4 +1,8 @@
-"""The Temporary Enrollment Pairings API, as Canvas documents it (DESIGN.md section 5).
+"""The Temporary Enrollment Pairings API, as Canvas answers it (DESIGN.md section 5).
+
+Every answer is the pairing under its root key, `{"temporary_enrollment_pairing": {...}}`, and
+the list an array of those, as Canvas's `render json: pairing.as_json` renders them
+(`app/controllers/temporary_enrollment_pairings_api_controller.rb`).
 
 Deleting a pairing ends it early through the lifecycle's own code path
 (:func:`tasks.lifecycle.end_pairing`), so an API delete and the sweep apply the same rule and write
@@ -19,8 +23,8 @@ from api.db import DatabaseDep
 from api.errors import ApiError, not_found, unprocessable
 from api.pagination import FIELDS as PAGE_FIELDS
 from api.pagination import LINK_HEADER_DOC, paginate, requested_page
-from api.params import Field, ParamsDep, documented, string_schema
-from api.schemas import TemporaryEnrollmentPairingJson
+from api.params import BOOLEAN, Field, ParamsDep, documented, string_schema
+from api.schemas import TemporaryEnrollmentPairingAsJson, TemporaryEnrollmentPairingJson
 from models import (
     DEFAULT_ENDING_ENROLLMENT_STATE,
     ENDING_ENROLLMENT_STATES,
@@ -34,13 +38,14 @@ from tasks.events import record_pairing_created
 
 router = APIRouter(prefix="/api/v1/accounts/{account_id}/temporary_enrollment_pairings")
 
-PairingJson = TemporaryEnrollmentPairingJson
+PairingJson = TemporaryEnrollmentPairingAsJson
 PairingIdPath = Annotated[int, id_path("temporary enrollment pairing")]
 
 # A new pairing starts active; it leaves that state by expiring or by DELETE, never on creation.
 CREATABLE_STATES = ("active",)
 # What the list shows by default: Canvas lists every pairing that is not deleted (its pairings
-# never leave `active`; ours become `ended` where Canvas's would stay `active`).
+# never leave `active`; ours become `ended` where Canvas's would stay `active`). Deleted ones are
+# listed with `include_deleted=true`, or when `workflow_state[]` names `deleted`.
 LISTED_BY_DEFAULT = ("active", "ended")
 
 LIST_FIELDS = (
@@ -48,7 +53,12 @@ LIST_FIELDS = (
         "workflow_state[]",
         {"type": "array", "items": string_schema(PAIRING_STATES)},
         "Only pairings in these states (`workflow_state=ended` also works). Default: active "
-        "and ended; deleted pairings are listed only when asked for.",
+        "and ended.",
+    ),
+    Field(
+        "include_deleted",
+        BOOLEAN,
+        "Also list deleted pairings (with `workflow_state[]`, in addition to those states).",
     ),
     *PAGE_FIELDS,
 )
@@ -89,8 +99,12 @@ def list_pairings(
     request: Request,
     response: Response,
 ) -> list[PairingJson]:
-    """The root account's pairings, oldest first (by `created_at`, then `id`), paginated."""
-    states = params.strings("workflow_state", choices=PAIRING_STATES) or LISTED_BY_DEFAULT
+    """The root account's pairings, each under its root key, oldest first (by `created_at`,
+    then `id`), paginated. Deleted ones only with `include_deleted=true` or when
+    `workflow_state[]` names `deleted`."""
+    states = list(params.strings("workflow_state", choices=PAIRING_STATES) or LISTED_BY_DEFAULT)
+    if params.boolean("include_deleted") and "deleted" not in states:
+        states.append("deleted")
     page = requested_page(params)
     with transaction(db.read, commit=False) as session:
         find_account(session, caller, account_id)
@@ -120,15 +134,17 @@ def new_pairing(account_id: AccountIdPath, caller: CallerDep, db: DatabaseDep) -
     with transaction(db.read, commit=False) as session:
         find_account(session, caller, account_id)
     return PairingJson(
-        id=None,
-        root_account_id=caller.root_account_id,
-        workflow_state="active",
-        ending_enrollment_state=None,
-        created_by_id=None,
-        deleted_by_id=None,
-        ended_at=None,
-        created_at=None,
-        updated_at=None,
+        temporary_enrollment_pairing=TemporaryEnrollmentPairingJson(
+            id=None,
+            root_account_id=caller.root_account_id,
+            workflow_state="active",
+            ending_enrollment_state=None,
+            created_by_id=None,
+            deleted_by_id=None,
+            ended_at=None,
+            created_at=None,
+            updated_at=None,
+        )
     )
 
 
@@ -202,7 +218,8 @@ def delete_pairing(
 ) -> PairingJson:
     """Ends the pairing now: its live enrollments get its ending state, audited, and it becomes
     `deleted` with `deleted_by_id`. Deleting an `ended` pairing marks it `deleted`. Deleting a
-    `deleted` pairing again changes nothing and returns it as it is (200)."""
+    `deleted` pairing again changes nothing and returns it as it is (200). Answers the pairing
+    (DESIGN.md section 5; the Canvas controller read, commit 0e63cfcd, answers 204 with no body)."""
     with transaction(db.write) as session:
         find_account(session, caller, account_id)
         _pairing(session, caller.root_account_id, id)

@@ -39,9 +39,30 @@ def user(client: httpx.Client, name: str = "Some One") -> dict[str, Any]:
     )
 
 
+def unwrap(body: Any) -> dict[str, Any]:
+    """The pairing inside Canvas's root key: every pairing answer is exactly
+    `{"temporary_enrollment_pairing": {...}}`."""
+    assert isinstance(body, dict) and set(body) == {"temporary_enrollment_pairing"}, body
+    inner = body["temporary_enrollment_pairing"]
+    assert isinstance(inner, dict), body
+    return inner
+
+
+def pairing_of(response: httpx.Response, status: int = 200) -> dict[str, Any]:
+    """The pairing of a pairing answer that must have `status`."""
+    return unwrap(ok(response, status))
+
+
+def pairings_of(response: httpx.Response) -> list[dict[str, Any]]:
+    """The pairings of a list answer: an array of wrapped pairings."""
+    body = ok(response)
+    assert isinstance(body, list), body
+    return [unwrap(item) for item in body]
+
+
 def pairing(client: httpx.Client, ending_state: str | None = None) -> dict[str, Any]:
     data = {"ending_enrollment_state": ending_state} if ending_state else {}
-    return ok(client.post("/accounts/self/temporary_enrollment_pairings", data=data), 201)  # type: ignore[no-any-return]
+    return pairing_of(client.post("/accounts/self/temporary_enrollment_pairings", data=data), 201)
 
 
 def enroll(

@@ -75,7 +75,8 @@ def test_a_scoped_token_may_call_only_its_endpoints(world: World) -> None:
         pairing = h.pairing(admin)
     with world.client(scoped) as client:
         assert [
-            p["id"] for p in h.ok(client.get("/accounts/self/temporary_enrollment_pairings"))
+            p["id"]
+            for p in h.pairings_of(client.get("/accounts/self/temporary_enrollment_pairings"))
         ] == [pairing["id"]]
         refused = client.get(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}")
         assert h.error(refused, 401) == "Insufficient scopes on access token."
@@ -110,12 +111,8 @@ def test_another_root_accounts_objects_are_404(world: World, other_world: World)
         )  # fmt: skip
         assert "no temporary enrollment pairing" in h.error(attempt, 404)
     with other_world.client() as theirs:  # untouched
-        assert (
-            h.ok(theirs.get(f"/accounts/self/temporary_enrollment_pairings/{their_pairing['id']}"))[
-                "workflow_state"
-            ]
-            == "active"
-        )
+        shown = theirs.get(f"/accounts/self/temporary_enrollment_pairings/{their_pairing['id']}")
+        assert h.pairing_of(shown)["workflow_state"] == "active"
 
 
 def test_self_and_the_accounts_own_id_are_the_same_account(world: World) -> None:
@@ -133,9 +130,11 @@ def test_self_and_the_accounts_own_id_are_the_same_account(world: World) -> None
 def test_parameters_come_from_query_form_or_json_and_the_body_wins(world: World) -> None:
     with world.client() as client:
         url = "/accounts/self/temporary_enrollment_pairings"
-        by_query = h.ok(client.post(url, params={"ending_enrollment_state": "inactive"}), 201)
-        by_json = h.ok(client.post(url, json={"ending_enrollment_state": "completed"}), 201)
-        body_wins = h.ok(
+        by_query = h.pairing_of(
+            client.post(url, params={"ending_enrollment_state": "inactive"}), 201
+        )
+        by_json = h.pairing_of(client.post(url, json={"ending_enrollment_state": "completed"}), 201)
+        body_wins = h.pairing_of(
             client.post(
                 url,
                 params={"ending_enrollment_state": "inactive"},
@@ -212,21 +211,24 @@ def test_pagination_links_and_order(world: World) -> None:
     with world.client() as client:
         created = [h.pairing(client)["id"] for _ in range(7)]
         first = client.get("/accounts/self/temporary_enrollment_pairings", params={"per_page": 3})
-        assert [p["id"] for p in h.ok(first)] == created[:3]
+        assert [p["id"] for p in h.pairings_of(first)] == created[:3]
         rels = links(first)
         assert list(rels) == ["current", "next", "first", "last"]
         assert page_of(rels["next"]) == ("2", "3") and page_of(rels["last"]) == ("3", "3")
 
         middle = client.get(rels["next"])
-        assert [p["id"] for p in h.ok(middle)] == created[3:6]
+        assert [p["id"] for p in h.pairings_of(middle)] == created[3:6]
         assert list(links(middle)) == ["current", "next", "prev", "first", "last"]
 
         last = client.get(links(middle)["next"])
-        assert [p["id"] for p in h.ok(last)] == created[6:]
+        assert [p["id"] for p in h.pairings_of(last)] == created[6:]
         assert list(links(last)) == ["current", "prev", "first", "last"]
 
         default = client.get("/accounts/self/temporary_enrollment_pairings")
-        assert len(h.ok(default)) == 7 and page_of(links(default)["current"]) == ("1", "10")
+        assert len(h.pairings_of(default)) == 7 and page_of(links(default)["current"]) == (
+            "1",
+            "10",
+        )
         clamped = client.get("/accounts/self/temporary_enrollment_pairings?per_page=1000")
         assert page_of(links(clamped)["current"]) == ("1", "100")
 

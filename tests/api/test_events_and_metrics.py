@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from models import StateChange, transaction
 from tasks.metrics import render_metrics
+from tests.api import helpers as h
 from tests.api.conftest import World
 
 pytestmark = pytest.mark.postgres
@@ -22,7 +23,7 @@ def test_creating_a_pairing_records_the_created_event(world: World) -> None:
             json={"ending_enrollment_state": "inactive"},
         )
     assert created.status_code == 201, created.text
-    pairing_id = created.json()["id"]
+    pairing_id = created.json()["temporary_enrollment_pairing"]["id"]
 
     with transaction(world.factory, commit=False) as session:
         rows = session.execute(
@@ -43,7 +44,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_metrics_endpoint_serves_what_the_database_says(world: World) -> None:
     with world.client() as client:  # something to count: a pairing ended early
-        pairing = client.post("/accounts/self/temporary_enrollment_pairings").json()
+        pairing = h.pairing(client)
         client.delete(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}")
 
     response = httpx.get(f"{world.base_url}/metrics", timeout=30)  # no token: a scrape

@@ -61,7 +61,7 @@ def setup_temporary(
 
 def test_create_defaults_and_refuses_unknown_values_by_name(world: World) -> None:
     with world.client() as client:
-        created = h.ok(client.post(PAIRINGS), 201)
+        created = h.pairing_of(client.post(PAIRINGS), 201)
         assert (created["ending_enrollment_state"], created["workflow_state"]) == (
             "deleted",
             "active",
@@ -70,21 +70,21 @@ def test_create_defaults_and_refuses_unknown_values_by_name(world: World) -> Non
         message = h.error(client.post(PAIRINGS, data={"ending_enrollment_state": "gone"}), 400)
         assert "deleted, completed, inactive" in message
         assert "active" in h.error(client.post(PAIRINGS, data={"workflow_state": "ended"}), 400)
-        shown = h.ok(client.get(f"{PAIRINGS}/{created['id']}"))
+        shown = h.pairing_of(client.get(f"{PAIRINGS}/{created['id']}"))
         assert shown == created
 
 
 def test_new_is_an_unsaved_pairing_of_the_account(world: World) -> None:
     with world.client() as client:
-        new = h.ok(client.get(f"{PAIRINGS}/new"))
+        new = h.pairing_of(client.get(f"{PAIRINGS}/new"))
         assert new["id"] is None and new["root_account_id"] == world.account_id
-        assert h.ok(client.get(PAIRINGS)) == []  # nothing was saved
+        assert h.pairings_of(client.get(PAIRINGS)) == []  # nothing was saved
 
 
 def test_delete_ends_early_then_a_second_delete_returns_it_unchanged(world: World) -> None:
     with world.client() as client:
         course, pairing, enrollments = setup_temporary(client, "inactive", count=2)
-        deleted = h.ok(client.delete(f"{PAIRINGS}/{pairing['id']}"))
+        deleted = h.pairing_of(client.delete(f"{PAIRINGS}/{pairing['id']}"))
         assert (deleted["workflow_state"], deleted["deleted_by_id"]) == ("deleted", world.admin_id)
         assert deleted["ended_at"] is not None
         states = h.ok(
@@ -95,13 +95,69 @@ def test_delete_ends_early_then_a_second_delete_returns_it_unchanged(world: Worl
         assert audited == 4  # its creation, then two enrollments and the pairing
 
         again = client.delete(f"{PAIRINGS}/{pairing['id']}")
-        assert h.ok(again) == deleted
+        assert h.pairing_of(again) == deleted
         assert audit_count(world) == audited
         # Deleted pairings leave the default list, and are listed when asked for.
-        assert h.ok(client.get(PAIRINGS)) == []
-        asked = h.ok(client.get(PAIRINGS, params={"workflow_state[]": "deleted"}))
+        assert h.pairings_of(client.get(PAIRINGS)) == []
+        asked = h.pairings_of(client.get(PAIRINGS, params={"workflow_state[]": "deleted"}))
         assert [p["id"] for p in asked] == [pairing["id"]]
         assert "not accepted" in h.error(client.get(PAIRINGS, params={"workflow_state": "x"}), 400)
+
+
+def test_every_pairing_answer_is_under_its_root_key(world: World) -> None:
+    """Canvas's `as_json` shape for show, new, create and delete; the list is an array of those."""
+    with world.client() as client:
+        created = client.post(PAIRINGS)
+        assert created.status_code == 201
+        [key] = created.json()
+        assert key == "temporary_enrollment_pairing"
+        pairing_id = created.json()[key]["id"]
+        for response in (
+            client.get(f"{PAIRINGS}/{pairing_id}"),
+            client.get(f"{PAIRINGS}/new"),
+            client.delete(f"{PAIRINGS}/{pairing_id}"),
+        ):
+            assert set(h.ok(response)) == {key}, response.text
+            assert set(response.json()[key]) == set(created.json()[key])
+        listed = h.ok(client.get(PAIRINGS, params={"include_deleted": "true"}))
+        assert listed == [{key: h.pairing_of(client.get(f"{PAIRINGS}/{pairing_id}"))}]
+
+
+def test_the_list_is_oldest_first_and_shows_deleted_ones_only_when_asked(world: World) -> None:
+    with world.client() as client:
+        first, second, third = (h.pairing(client) for _ in range(3))
+        h.pairing_of(client.delete(f"{PAIRINGS}/{second['id']}"))
+    # Two pairings created in the same instant are listed by id.
+    with transaction(world.factory) as session:
+        session.execute(
+            update(Pairing)
+            .where(Pairing.id.in_([first["id"], third["id"]]))
+            .values(created_at=utcnow() - DAY)
+        )
+
+    def listed(**params: str) -> list[int]:
+        with world.client() as client:
+            return [p["id"] for p in h.pairings_of(client.get(PAIRINGS, params=params))]
+
+    assert listed() == [first["id"], third["id"]]
+    # first and third are a day older than second, and created in the same instant.
+    assert listed(include_deleted="true") == [first["id"], third["id"], second["id"]]
+    assert listed(include_deleted="false") == [first["id"], third["id"]]
+    assert listed(**{"workflow_state[]": "deleted"}) == [second["id"]]
+    assert listed(**{"workflow_state[]": "active", "include_deleted": "true"}) == [
+        first["id"],
+        third["id"],
+        second["id"],
+    ]
+    with world.client() as client:
+        bad = client.get(PAIRINGS, params={"include_deleted": "maybe"})
+        assert "include_deleted must be true or false" in h.error(bad, 400)
+        # Pages of wrapped pairings, with the Link header.
+        page = client.get(PAIRINGS, params={"include_deleted": "true", "per_page": 2, "page": 2})
+        assert [p["id"] for p in h.pairings_of(page)] == [second["id"]]
+        assert (
+            'rel="prev"' in page.headers["Link"] and "include_deleted=true" in page.headers["Link"]
+        )
 
 
 def test_deleting_an_ended_pairing_marks_it_deleted_and_keeps_its_end(world: World) -> None:
@@ -109,9 +165,9 @@ def test_deleting_an_ended_pairing_marks_it_deleted_and_keeps_its_end(world: Wor
         _course, pairing, _enrollments = setup_temporary(client)
         lifecycle_as_of = utcnow() + 8 * DAY
         lifecycle.run_sweep(world.factory, as_of=lifecycle_as_of, account_id=world.account_id)
-        ended = h.ok(client.get(f"{PAIRINGS}/{pairing['id']}"))
+        ended = h.pairing_of(client.get(f"{PAIRINGS}/{pairing['id']}"))
         assert ended["workflow_state"] == "ended"
-        deleted = h.ok(client.delete(f"{PAIRINGS}/{pairing['id']}"))
+        deleted = h.pairing_of(client.delete(f"{PAIRINGS}/{pairing['id']}"))
         assert deleted["workflow_state"] == "deleted" and deleted["ended_at"] == ended["ended_at"]
 
 
@@ -124,7 +180,7 @@ def test_delete_of_a_pairing_with_an_unknown_ending_state_is_refused(world: Worl
         )
     with world.client() as client:
         assert "'x'" in h.error(client.delete(f"{PAIRINGS}/{pairing['id']}"), 422)
-        assert h.ok(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "active"
+        assert h.pairing_of(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "active"
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +193,7 @@ def test_enrollment_validation_messages(world: World) -> None:
         course, other_course = h.course(client), h.course(client)
         provider, recipient = h.user(client), h.user(client)
         pairing, ended = h.pairing(client), h.pairing(client)
-        h.ok(client.delete(f"{PAIRINGS}/{ended['id']}"))
+        h.pairing_of(client.delete(f"{PAIRINGS}/{ended['id']}"))
         cid, pid, rid, sid = course["id"], pairing["id"], recipient["id"], provider["id"]
         other_section = h.ok(client.post(f"/courses/{other_course['id']}/sections"))
 
@@ -259,7 +315,7 @@ def test_a_past_end_at_shows_the_ending_state_before_the_worker_runs(world: Worl
         assert summary.enrollments_changed["completed"] == 1 and summary.pairings_ended == 1
         [after] = h.ok(client.get(url, params={"state[]": "completed"}))
         assert after["enrollment_state"] == "completed" and after["id"] == temporary["id"]
-        assert h.ok(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "ended"
+        assert h.pairing_of(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "ended"
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +359,7 @@ def test_deleting_a_due_enrollment_ends_its_pairing_with_the_rest_due(world: Wor
                 .values(end_at=utcnow() - DAY)
             )
         h.ok(client.delete(f"/courses/{course['id']}/enrollments/{first['id']}"))
-        assert h.ok(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "ended"
+        assert h.pairing_of(client.get(f"{PAIRINGS}/{pairing['id']}"))["workflow_state"] == "ended"
     with transaction(world.factory, commit=False) as session:
         stored = session.get(Enrollment, second["id"])
         assert stored is not None and stored.workflow_state == "deleted"

@@ -43,7 +43,7 @@ def test_a_temporary_enrollment_round_trip_on_sqlite(sqlite_world: World) -> Non
             following = page.links.get("next", {}).get("url")
         assert len(seen) == 5 and seen[0] == temporary["id"]
 
-        deleted = h.ok(client.delete(f"{PAIRINGS}/{pairing['id']}"))
+        deleted = h.pairing_of(client.delete(f"{PAIRINGS}/{pairing['id']}"))
         assert deleted["workflow_state"] == "deleted"
         [ended] = h.ok(client.get(url, params={"state[]": "inactive"}))
         assert ended["id"] == temporary["id"]
@@ -90,7 +90,7 @@ def test_token_create_prints_the_token_alone_on_its_last_line(
             sqlite_world.admin_id, sqlite_world.account_id,
         )  # fmt: skip
     with sqlite_world.client(secret) as client:
-        assert h.ok(client.get(PAIRINGS)) == []
+        assert h.pairings_of(client.get(PAIRINGS)) == []
         assert h.error(client.post(PAIRINGS), 401) == "Insufficient scopes on access token."
 
 
