@@ -243,13 +243,15 @@ def test_a_task_on_a_temporary_enrollment_leaves_the_deadline_index(any_world: W
             assert session.get(EnrollmentDeadline, created[0]["id"]) is None
             assert session.get(EnrollmentDeadline, created[1]["id"]) is not None
         assert (
-            h.ok(client.get(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}"))[
-                "workflow_state"
-            ]
+            h.pairing_of(
+                client.get(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}")
+            )["workflow_state"]
             == "active"
         )  # one live enrollment left
         h.ok(client.delete(f"{url}/{created[1]['id']}", params={"task": "delete"}))
-        ended = h.ok(client.get(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}"))
+        ended = h.pairing_of(
+            client.get(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}")
+        )
     assert ended["workflow_state"] == "ended" and ended["ended_at"] is not None
     with transaction(any_world.factory, commit=False) as session:
         assert session.get(EnrollmentDeadline, created[1]["id"]) is None

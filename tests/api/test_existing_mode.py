@@ -126,7 +126,9 @@ def test_enrollments_and_pairings_work(existing_world: tuple[World, httpx.Client
     recipient = add_user(world.factory, world.account_id, "Re Cipient")
     student = add_user(world.factory, world.account_id, "Stu Dent")
 
-    pairing = h.ok(client.post(PAIRINGS, data={"ending_enrollment_state": "completed"}), 201)
+    pairing = h.pairing_of(
+        client.post(PAIRINGS, data={"ending_enrollment_state": "completed"}), 201
+    )
     temporary = h.ok(
         h.temporary(
             client, course_id, recipient, provider, pairing["id"], utcnow() + dt.timedelta(days=2)
@@ -150,14 +152,14 @@ def test_enrollments_and_pairings_work(existing_world: tuple[World, httpx.Client
     concluded = h.ok(client.delete(f"/courses/{course_id}/enrollments/{regular['id']}"))
     assert concluded["enrollment_state"] == "completed"
 
-    deleted = h.ok(client.delete(f"{PAIRINGS}/{pairing['id']}"))
+    deleted = h.pairing_of(client.delete(f"{PAIRINGS}/{pairing['id']}"))
     assert (deleted["workflow_state"], deleted["deleted_by_id"]) == ("deleted", world.admin_id)
     completed = h.ok(
         client.get(f"/courses/{course_id}/enrollments", params={"state[]": "completed"})
     )
     assert sorted(e["id"] for e in completed) == sorted([temporary["id"], regular["id"]])
     assert [
-        p["id"] for p in h.ok(client.get(PAIRINGS, params={"workflow_state[]": "deleted"}))
+        p["id"] for p in h.pairings_of(client.get(PAIRINGS, params={"workflow_state[]": "deleted"}))
     ] == [pairing["id"]]
 
 

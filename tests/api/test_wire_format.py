@@ -312,10 +312,12 @@ def write_calls(world: World, client: httpx.Client) -> dict[str, Callable[[], No
         )
         assert (made["name"], made["login_id"]) == ("Quinn Query", f"q{world.account_id}")
 
-    def temporary_params(pairing_id: int) -> dict[str, Any]:
+    def temporary_params(pairing_id: int, type: str = "TeacherEnrollment") -> dict[str, Any]:
+        # One enrollment per user, type, role and section (Canvas's unique index): each call
+        # that enrolls the recipient in `section` uses a type of its own.
         return {
             "enrollment[user_id]": str(recipient["id"]),
-            "enrollment[type]": "TeacherEnrollment",
+            "enrollment[type]": type,
             "enrollment[enrollment_state]": "active",
             "enrollment[temporary_enrollment_source_user_id]": str(provider["id"]),
             "enrollment[temporary_enrollment_pairing_id]": str(pairing_id),
@@ -342,7 +344,8 @@ def write_calls(world: World, client: httpx.Client) -> dict[str, Callable[[], No
         pairing = h.pairing(client)
         made = h.ok(
             client.post(
-                f"/sections/{section['id']}/enrollments", params=temporary_params(pairing["id"])
+                f"/sections/{section['id']}/enrollments",
+                params=temporary_params(pairing["id"], "TaEnrollment"),
             )
         )
         assert (made["course_section_id"], made["enrollment_state"]) == (section["id"], "active")

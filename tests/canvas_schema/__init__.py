@@ -10,9 +10,12 @@ database the settings that make a test see what Canvas's production database wou
 
 from __future__ import annotations
 
+import secrets
+import unicodedata
 from pathlib import Path
 
 import sqlalchemy
+from sqlalchemy.orm import Session
 
 SQL_PATH = Path(__file__).with_name("init_canvas_db.sql")
 
@@ -124,3 +127,101 @@ def configure_like_canvas_production(connection: sqlalchemy.Connection, database
     connection.exec_driver_sql(
         f"ALTER DATABASE {quoted} SET timezone = '{PRODUCTION_LIKE_TIMEZONE}'"
     )
+
+
+def build_canvas_database(url: str, schema: str = "public") -> None:
+    """Canvas's schema in the (empty) database at `url`, configured like Canvas's production
+    database; the settings reach the sessions opened afterwards."""
+    from models import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            build_canvas_schema(connection, schema)
+            database = connection.engine.url.database
+            assert database is not None
+            configure_like_canvas_production(connection, database)
+    finally:
+        engine.dispose()
+
+
+# pseudonyms' NOT NULL columns without a default that Canvas's model fills in Ruby (Authlogic's
+# password and token columns; `unique_id_normalized` from Pseudonym.normalize). tep maps none of
+# them: it creates no logins on Canvas's database (the API refuses to create users there).
+CANVAS_FILLED_PSEUDONYM_COLUMNS: tuple[str, ...] = (
+    "crypted_password",
+    "password_salt",
+    "persistence_token",
+    "single_access_token",
+    "perishable_token",
+    "unique_id_normalized",
+)
+# (database URL, schema) -> whether its pseudonyms table is Canvas's (has those columns).
+_canvas_pseudonyms: dict[tuple[str, str], bool] = {}
+
+
+def _has_canvas_pseudonyms(connection: sqlalchemy.Connection) -> bool:
+    if connection.dialect.name != "postgresql":
+        return False
+    from models import Base
+
+    schema = connection.schema_for_object(Base.metadata.tables["pseudonyms"]) or "public"
+    key = (connection.engine.url.render_as_string(hide_password=True), schema)
+    if key not in _canvas_pseudonyms:
+        _canvas_pseudonyms[key] = bool(
+            connection.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_schema = :s "
+                    "AND table_name = 'pseudonyms' AND column_name = 'crypted_password'"
+                ),
+                {"s": schema},
+            ).scalar_one()
+        )
+    return _canvas_pseudonyms[key]
+
+
+def add_pseudonym(
+    session: Session,
+    *,
+    user_id: int,
+    account_id: int,
+    unique_id: str,
+    sis_user_id: str | None = None,
+) -> None:
+    """A login of `user_id` in root account `account_id`, as test data: tep's mapped columns in
+    `managed` mode; on Canvas's own schema also the columns Canvas's model fills in Ruby
+    (random tokens and password hash, the normalized login), as Canvas would have written it."""
+    from models import Pseudonym
+
+    connection = session.connection()
+    if not _has_canvas_pseudonyms(connection):
+        session.add(
+            Pseudonym(
+                user_id=user_id, account_id=account_id, unique_id=unique_id, sis_user_id=sis_user_id
+            )
+        )
+        session.flush()
+        return
+    filled = {
+        "crypted_password": secrets.token_hex(32),
+        "password_salt": secrets.token_hex(10),
+        "persistence_token": secrets.token_hex(64),
+        "single_access_token": secrets.token_urlsafe(15)[:20],
+        "perishable_token": secrets.token_urlsafe(15)[:20],
+        # Pseudonym.normalize: NFKC, then case-folded (downcase).
+        "unique_id_normalized": unicodedata.normalize("NFKC", unique_id).lower(),
+    }
+    columns = {
+        "user_id": user_id,
+        "account_id": account_id,
+        "workflow_state": "active",
+        "unique_id": unique_id,
+        "sis_user_id": sis_user_id,
+        **filled,
+    }
+    table = sqlalchemy.table(
+        "pseudonyms",
+        *(sqlalchemy.column(name) for name in [*columns, "created_at", "updated_at"]),
+    )
+    now = sqlalchemy.text("(now() AT TIME ZONE 'UTC')")
+    connection.execute(table.insert().values(**columns, created_at=now, updated_at=now))
