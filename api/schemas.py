@@ -65,8 +65,10 @@ class TemporaryEnrollmentPairingAsJson(BaseModel):
     temporary_enrollment_pairing: TemporaryEnrollmentPairingJson
 
     @classmethod
-    def of(cls, pairing: TemporaryEnrollmentPairing) -> TemporaryEnrollmentPairingAsJson:
-        return cls(temporary_enrollment_pairing=TemporaryEnrollmentPairingJson.of(pairing))
+    def of(
+        cls, pairing: TemporaryEnrollmentPairing, view: PairingView
+    ) -> TemporaryEnrollmentPairingAsJson:
+        return cls(temporary_enrollment_pairing=TemporaryEnrollmentPairingJson.of(pairing, view))
 
 
 class EnrollmentJson(BaseModel):

@@ -84,7 +84,7 @@ def _version_schema(connection: Connection, schemas: Schemas) -> str | None:
     return schemas.of_table(TEP_SCHEMA, connection.dialect.name)
 
 
-def _prepare(connection: Connection, schemas: Schemas) -> None:
+def prepare(connection: Connection, schemas: Schemas) -> None:
     """tep's schema, and a legacy database's version table moved into it."""
     if connection.dialect.name != "postgresql":
         return
@@ -150,7 +150,7 @@ def upgrade(database_url: str, schemas: Schemas | None = None, revision: str = "
     engine = make_engine(database_url, schemas)
     try:
         with engine.begin() as connection:
-            _prepare(connection, schemas)
+            prepare(connection, schemas)
             if schemas.canvas_tables == CANVAS_TABLES_EXISTING:
                 problems = missing_canvas_columns(connection, schemas)
                 if problems:

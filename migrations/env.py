@@ -47,6 +47,12 @@ def run_migrations_online() -> None:
     schemas = _schemas()
     engine = make_engine(_database_url(), schemas)
     with engine.connect() as connection:
+        # A bare `alembic upgrade` on a legacy database: its version table moves into tep's
+        # schema first, as `tep db upgrade` does (migrations/__init__.py).
+        from migrations import prepare
+
+        with connection.begin():
+            prepare(connection, schemas)
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

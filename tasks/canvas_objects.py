@@ -154,6 +154,8 @@ def create_enrollments(
 ) -> list[Enrollment]:
     """Insert enrollments as Canvas would: uuid and role filled in, then their cache rows, their
     users touched and their deadlines indexed, in the caller's transaction."""
+    if len(enrollments) > 1:
+        canvas_callbacks.allow_bulk_writes(session)  # many users may be touched at once
     for enrollment in enrollments:
         if enrollment.uuid is None:
             enrollment.uuid = canvas_uuid()

@@ -24,7 +24,7 @@ import datetime as dt
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import case, delete, exists, func, select
+from sqlalchemy import case, delete, exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -41,7 +41,7 @@ from models import (
 from tasks.canvas_callbacks import ids_in
 
 # Ids below the last one seen that each discovery reads again (see the module doc).
-LOOKBACK_IDS = 10_000
+LOOKBACK_IDS = 1_000
 CURSOR_ID = 1
 
 Pairing = TemporaryEnrollmentPairing
@@ -52,7 +52,9 @@ def open_pairing(pairing_id: Any) -> Any:
     return exists().where(
         Pairing.id == pairing_id,
         Pairing.workflow_state != "deleted",
-        ~exists().where(PairingEnd.temporary_enrollment_pairing_id == pairing_id),
+        # On `Pairing.id`, the enclosing EXISTS's table: `pairing_id` (a column of the outer
+        # query) would not be correlated two levels down, and every pairing end would match.
+        ~exists().where(PairingEnd.temporary_enrollment_pairing_id == Pairing.id),
     )
 
 
@@ -81,6 +83,17 @@ def _upsert(session: Session, rows: AnySelect) -> int:
             "temporary_enrollment_pairing_id": stmt.excluded.temporary_enrollment_pairing_id,
             "end_at": stmt.excluded.end_at,
         },
+        # Only rows that changed: discovery meets the same rows sweep after sweep (the lookback
+        # ids; every due row whose cached state_valid_until has passed), and rewriting an
+        # unchanged row costs a new tuple and index entries. bench/ (200,000 due rows): a
+        # backlog's discovery 4.0-5.7 s -> 1.5-2.8 s; an idle sweep's lookback over 10,000
+        # indexed live rows no longer writes them.
+        where=or_(
+            EnrollmentDeadline.temporary_enrollment_pairing_id.is_distinct_from(
+                stmt.excluded.temporary_enrollment_pairing_id
+            ),
+            EnrollmentDeadline.end_at.is_distinct_from(stmt.excluded.end_at),
+        ),
     )
     result = session.connection().execute(stmt.execution_options(preserve_rowcount=True))
     return int(result.rowcount or 0)
