@@ -84,7 +84,8 @@ def end_pairing(
         )
         return {
             "pairing_id": pairing.id,
-            "workflow_state": pairing.workflow_state,
+            # As shown (tep's pairing end with Canvas's row): Canvas's row stays `active`.
+            "workflow_state": lifecycle.pairing_state(session, pairing),
             "enrollments_changed": changed,
         }
 

@@ -809,6 +809,21 @@ def expire_batch(
         .order_by(Pairing.id)
         .with_for_update(of=Pairing, skip_locked=True)
     ).all()
+    if claimed:
+        # The claim's NOT EXISTS saw its statement's snapshot: a pairing another sweep ended and
+        # unlocked meanwhile is claimed all the same, since its end is in tep's table and
+        # Canvas's row did not change (PostgreSQL re-checks a locked row only if it changed).
+        # With the locks held, a new statement sees every end committed by an earlier holder.
+        ended_meanwhile = set(
+            session.scalars(
+                select(PairingEnd.temporary_enrollment_pairing_id).where(
+                    _id_in(
+                        session, PairingEnd.temporary_enrollment_pairing_id, [r[0] for r in claimed]
+                    )
+                )
+            )
+        )
+        claimed = [row for row in claimed if row[0] not in ended_meanwhile]
     if not claimed:
         return
     missing_end_at = {

@@ -221,8 +221,10 @@ def compose(session: Session, notice: Notice) -> Composed:
     obsolete = None
     ends_at = notice.ends_at
     if notice.kind == NOTICE_BEFORE_END:
-        if pairing.workflow_state != "active" or not listed:
-            obsolete = f"pairing is {pairing.workflow_state} with nothing left to end"
+        # As shown: an ended pairing keeps `active` in Canvas's row (its end is tep's table).
+        shown = lifecycle.pairing_state(session, pairing)
+        if shown != "active" or not listed:
+            obsolete = f"pairing is {shown} with nothing left to end"
         else:
             # The current first end: an end_at moved since the notice was planned is what counts.
             ends_at = min(e.end_at for e, _ in listed if e.end_at is not None)
@@ -243,7 +245,11 @@ def compose(session: Session, notice: Notice) -> Composed:
     creator_address = addresses.get(pairing.created_by_id or -1)
     cc = [creator_address] if creator_address and creator_address not in to else []
     account = session.get(Account, pairing.root_account_id)
-    names = ", ".join(people[u].name for u in recipient_ids if u in people) or "the recipient"
+    # Canvas's names may be NULL: such a person is left out of the list, not printed as "None".
+    names = (
+        ", ".join(name for u in recipient_ids if u in people and (name := people[u].name))
+        or "the recipient"
+    )
     ending = lifecycle.resolve_ending_state(pairing.ending_enrollment_state) or "deleted"
     before = notice.kind == NOTICE_BEFORE_END
 
@@ -260,7 +266,7 @@ def compose(session: Session, notice: Notice) -> Composed:
         return line
 
     courses = [course_line(enrollment, course) for enrollment, course in listed]
-    course_names = ", ".join(dict.fromkeys(course.name for _, course in listed))
+    course_names = ", ".join(dict.fromkeys(course.name for _, course in listed if course.name))
     where = f"{account.name} " if account else ""
     if notice.kind == NOTICE_BEFORE_END:
         within = human(dt.timedelta(seconds=notice.threshold_seconds))

@@ -71,8 +71,6 @@ class RestoreResult:
     pairing_state: str
     enrollments_restored: dict[str, int]
     end_at: dt.datetime | None
-    # A restored live enrollment whose end_at has passed: the next sweep expires it again.
-    due_again: bool
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -112,8 +110,10 @@ def restore_pairing(
     """Put the pairing and its enrollments back to the states recorded before its last change.
 
     With `end_at`, the restored live enrollments get that end date, so the sweep expires them
-    again when it comes. Raises :class:`NothingToRestore` or :class:`RestoreConflict` (and
-    changes nothing) when there is nothing to undo or the undo would overwrite a later change.
+    again when it comes. Raises (and changes nothing) :class:`NothingToRestore` when there is
+    nothing to undo, :class:`RestoreConflict` when the undo would overwrite a later change, and
+    :class:`RestoreNeedsEndAt` when a restored live enrollment's end_at (the old one, or the
+    new `end_at`) is not after `as_of`: it would be ended again at once.
     """
     as_of = require_aware(as_of)
     end_at = require_aware(end_at) if end_at is not None else None
@@ -203,7 +203,6 @@ def restore_pairing(
         ],
     )
     session.refresh(pairing)
-    due_again = _has_due_live_enrollment(session, [c.context_id for c in enrollment_rows], as_of)
     return RestoreResult(
         pairing_id=pairing_id,
         run_id=run_id,
@@ -212,7 +211,6 @@ def restore_pairing(
         pairing_state=pairing_state(session, pairing),
         enrollments_restored=restored,
         end_at=end_at,
-        due_again=due_again,
     )
 
 
@@ -276,20 +274,3 @@ def _check_unchanged(
         raise RestoreConflict(
             f"pairing {pairing_id} changed after run {run_id}: {listed}; nothing was restored"
         )
-
-
-def _has_due_live_enrollment(session: Session, ids: Sequence[int], as_of: dt.datetime) -> bool:
-    if not ids:
-        return False
-    return (
-        session.scalar(
-            select(Enrollment.id)
-            .where(
-                Enrollment.id.in_(ids),
-                Enrollment.workflow_state.in_(LIVE_ENROLLMENT_STATES),
-                Enrollment.end_at <= as_of,
-            )
-            .limit(1)
-        )
-        is not None
-    )

@@ -115,6 +115,15 @@ def test_demo_run_shows_the_worker_ending_pairings(tep: Tep) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Task tasks.expire_due_pairings" in done.stdout + done.stderr
     assert "the worker ended 4 pairings" in done.stdout
+    # The table shows each pairing as tep does: the four ended (with when), the future one
+    # active, although Canvas's rows of all five still say `active`.
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in done.stdout.splitlines()
+        if line.startswith("│") and line.split("│")[1].strip().isdigit()
+    ]
+    shown = [(state, bool(ended_at)) for _, _, state, ended_at, _ in rows]
+    assert shown == [("ended", True)] * 4 + [("active", False)], done.stdout
     after = json.loads(tep("sweep", "--json").stdout)
     assert after["enrollments_changed_total"] == 0
 

@@ -13,7 +13,16 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Enrollment, StateChange, TemporaryEnrollmentPairing, transaction, utcnow
+from models import (
+    Enrollment,
+    EnrollmentDeadline,
+    EnrollmentState,
+    StateChange,
+    TemporaryEnrollmentPairing,
+    User,
+    transaction,
+    utcnow,
+)
 from tasks import lifecycle, restore
 from tasks.events import record_pairing_created
 from tests import factories as f
@@ -30,9 +39,10 @@ class Snapshot:
 
 
 def snapshot(session: Session, pairing_id: int) -> Snapshot:
-    """What a restore must bring back (everything but `updated_at`)."""
+    """What a restore must bring back (everything but `updated_at`): the pairing as shown
+    (Canvas's row with tep's pairing end) and who deleted it, and its enrollments."""
     session.commit()
-    session.expire_all()
+    state, ended_at = f.shown_pairing(session, pairing_id)
     pairing = session.get(TemporaryEnrollmentPairing, pairing_id)
     assert pairing is not None
     enrollments = session.scalars(
@@ -41,16 +51,51 @@ def snapshot(session: Session, pairing_id: int) -> Snapshot:
         .order_by(Enrollment.id)
     ).all()
     return Snapshot(
-        (pairing.workflow_state, pairing.ended_at, pairing.deleted_by_id),
+        (state, ended_at, pairing.deleted_by_id),
         [(e.id, e.workflow_state, e.end_at, e.completed_at) for e in enrollments],
     )
 
 
+def shown(session: Session, pairing_id: int) -> tuple[str, dt.datetime | None]:
+    """The pairing's shown state and ended_at, read in a new transaction (the session's own
+    would not see what the code under test committed since)."""
+    session.commit()
+    return f.shown_pairing(session, pairing_id)
+
+
+def redated(before: Snapshot, end_at: dt.datetime) -> Snapshot:
+    """`before` with every enrollment's end_at moved to `end_at` (a restore with --end-at)."""
+    return Snapshot(before.pairing, [(i, s, end_at, c) for i, s, _, c in before.enrollments])
+
+
+def cache_rows(session: Session, pairing_id: int) -> dict[int, tuple[str | None, int]]:
+    """Canvas's `enrollment_states` rows of the pairing's enrollments: (state, lock_version)."""
+    session.commit()
+    rows = session.execute(
+        select(EnrollmentState.enrollment_id, EnrollmentState.state, EnrollmentState.lock_version)
+        .join(Enrollment, Enrollment.id == EnrollmentState.enrollment_id)
+        .where(Enrollment.temporary_enrollment_pairing_id == pairing_id)
+    ).all()
+    return {enrollment_id: (state, version) for enrollment_id, state, version in rows}
+
+
+def indexed(session: Session, pairing_id: int) -> dict[int, dt.datetime | None]:
+    """tep's deadline index rows of the pairing: enrollment id -> end_at."""
+    session.commit()
+    return dict(
+        session.execute(
+            select(EnrollmentDeadline.enrollment_id, EnrollmentDeadline.end_at).where(
+                EnrollmentDeadline.temporary_enrollment_pairing_id == pairing_id
+            )
+        ).all()
+    )
+
+
 def restore_now(
-    factory: sessionmaker[Session], pairing_id: int, **kwargs: object
+    factory: sessionmaker[Session], pairing_id: int, *, as_of: dt.datetime = T, **kwargs: object
 ) -> restore.RestoreResult:
     with transaction(factory) as session:
-        return restore.restore_pairing(session, pairing_id, as_of=T, **kwargs)  # type: ignore[arg-type]
+        return restore.restore_pairing(session, pairing_id, as_of=as_of, **kwargs)  # type: ignore[arg-type]
 
 
 def audit_rows(session: Session, pairing_id: int, reason: str) -> int:
@@ -75,14 +120,14 @@ def test_restore_undoes_an_expiry_for_each_ending_state(
     summary = lifecycle.run_sweep(factory, as_of=T)
     assert summary.pairings_ended == 1
     assert snapshot(session, pairing.id) != before
+    new_end = T + DAY
 
-    result = restore_now(factory, pairing.id)
+    result = restore_now(factory, pairing.id, end_at=new_end)
 
-    assert snapshot(session, pairing.id) == before
+    assert snapshot(session, pairing.id) == redated(before, new_end)
     assert result.undone_reason == "expired"
     assert result.pairing_state == "active"
     assert result.enrollments_restored == {"active": 1, "invited": 1, "creation_pending": 1}
-    assert result.due_again  # their end_at has passed: the next sweep expires them again
     assert audit_rows(session, pairing.id, "restored") == 4  # 3 enrollments and the pairing
     with pytest.raises(restore.NothingToRestore, match=f"pairing {pairing.id} is active"):
         restore_now(factory, pairing.id)
@@ -105,7 +150,6 @@ def test_restore_undoes_an_early_delete(factory: sessionmaker[Session], session:
 
     assert snapshot(session, pairing.id) == before
     assert result.undone_reason == "pairing_deleted"
-    assert not result.due_again
     assert lifecycle.run_sweep(factory, as_of=T).enrollments_changed_total == 0
 
 
@@ -118,18 +162,93 @@ def test_restore_with_a_new_end_at_is_expired_again_then(
     lifecycle.run_sweep(factory, as_of=T)
     new_end = T + 3 * DAY
 
-    result = restore_now(factory, pairing.id, end_at=new_end)
+    restore_now(factory, pairing.id, end_at=new_end)
 
-    assert not result.due_again
     restored = snapshot(session, pairing.id)
     assert restored.pairing[0] == "active"
     assert [(e[1], e[2]) for e in restored.enrollments] == [("active", new_end)] * 2
+    # Back in tep's deadline index at the new date: the sweep finds them there.
+    assert indexed(session, pairing.id) == {e.id: new_end for e in enrollments}
     early = lifecycle.run_sweep(factory, as_of=new_end - dt.timedelta(seconds=1))
     assert early.enrollments_changed_total == 0
     on_time = lifecycle.run_sweep(factory, as_of=new_end)
     assert on_time.enrollments_changed == {"deleted": 2, "completed": 0, "inactive": 0}
     assert snapshot(session, pairing.id).pairing[0] == "ended"
     assert {e.id for e in enrollments} == {e[0] for e in restored.enrollments}
+
+
+def test_restore_refuses_an_end_at_that_has_passed(
+    factory: sessionmaker[Session], session: Session
+) -> None:
+    """A live enrollment brought back with its end_at passed would be ended again at once, by
+    Canvas's own job as by the next sweep: the restore needs a new end_at, in the future."""
+    root = f.account(session)
+    pairing, enrollments = f.temporary_pairing(
+        session, root, [T - DAY, T + DAY], ending_state="completed"
+    )
+    session.commit()
+    with transaction(factory) as work:  # ends both now: one had passed, one had not
+        lifecycle.end_pairing(work, pairing.id, as_of=T)
+    ended = snapshot(session, pairing.id)
+    cache = cache_rows(session, pairing.id)
+
+    with pytest.raises(restore.RestoreNeedsEndAt, match=rf"\({enrollments[0].id}\) has passed"):
+        restore_now(factory, pairing.id)
+    for too_early in (T - DAY, T):  # the boundary is due, so `T` itself is refused
+        with pytest.raises(restore.RestoreNeedsEndAt, match="is not after"):
+            restore_now(factory, pairing.id, end_at=too_early)
+
+    # Nothing half-applied: neither enrollment, nor the pairing, nor Canvas's cache, nor the audit.
+    assert snapshot(session, pairing.id) == ended
+    assert cache_rows(session, pairing.id) == cache
+    assert indexed(session, pairing.id) == {}
+    assert audit_rows(session, pairing.id, "restored") == 0
+
+    result = restore_now(factory, pairing.id, end_at=T + 2 * DAY)
+    assert result.enrollments_restored == {"active": 2}
+    assert shown(session, pairing.id) == ("active", None)
+
+
+def test_restore_keeps_canvas_cache_coherent_and_the_deadline_index(
+    factory: sessionmaker[Session], session: Session
+) -> None:
+    """What Canvas's callbacks would write for a restore: `enrollment_states` back to the
+    restored state (valid until the new end_at, lock_version + 1), the users touched; and tep's
+    deadline index has the enrollments again, so a sweep at the new date expires them."""
+    root = f.account(session)
+    pairing, enrollments = f.temporary_pairing(
+        session, root, [T - DAY, T - DAY], ending_state="inactive", states=["active", "invited"]
+    )
+    session.commit()
+    lifecycle.run_sweep(factory, as_of=T)
+    expired = cache_rows(session, pairing.id)
+    assert {state for state, _ in expired.values()} == {"inactive"}
+    assert indexed(session, pairing.id) == {}
+
+    restored_at = T + dt.timedelta(hours=1)
+    new_end = T + 3 * DAY
+    restore_now(factory, pairing.id, as_of=restored_at, end_at=new_end)
+
+    session.expire_all()
+    cache = cache_rows(session, pairing.id)
+    assert cache == {
+        enrollments[0].id: ("active", expired[enrollments[0].id][1] + 1),
+        enrollments[1].id: ("invited", expired[enrollments[1].id][1] + 1),
+    }
+    for row in session.scalars(
+        select(EnrollmentState).where(EnrollmentState.enrollment_id.in_(cache))
+    ):
+        assert (row.state_is_current, row.access_is_current) == (True, False)
+        assert (row.state_valid_until, row.updated_at) == (new_end, restored_at)
+    recipient = session.get(User, enrollments[0].user_id)
+    assert recipient is not None and recipient.updated_at == restored_at
+    assert indexed(session, pairing.id) == {e.id: new_end for e in enrollments}
+
+    assert lifecycle.run_sweep(factory, as_of=new_end - dt.timedelta(seconds=1)).batches == 0
+    again = lifecycle.run_sweep(factory, as_of=new_end)
+    assert again.enrollments_changed == {"deleted": 0, "completed": 0, "inactive": 2}
+    assert shown(session, pairing.id) == ("ended", new_end)
+    assert {state for state, _ in cache_rows(session, pairing.id).values()} == {"inactive"}
 
 
 def test_restore_steps_back_one_change_at_a_time(
@@ -143,10 +262,18 @@ def test_restore_steps_back_one_change_at_a_time(
     lifecycle.run_sweep(factory, as_of=T + DAY)  # expires the second and ends the pairing
     assert snapshot(session, pairing.id).pairing[0] == "ended"
 
+    # Restored at T, the second one's end_at (T + DAY) is still ahead: no new date needed.
     restore_now(factory, pairing.id)
     assert snapshot(session, pairing.id) == after_first
-    restore_now(factory, pairing.id)
-    assert snapshot(session, pairing.id) == original
+    # The first one's (T - DAY) has passed: it comes back only with a new date.
+    with pytest.raises(restore.RestoreNeedsEndAt):
+        restore_now(factory, pairing.id)
+    assert snapshot(session, pairing.id) == after_first
+    restore_now(factory, pairing.id, end_at=T + 2 * DAY)
+    first, second = original.enrollments
+    assert snapshot(session, pairing.id) == dataclasses.replace(
+        original, enrollments=[(*first[:2], T + 2 * DAY, first[3]), second]
+    )
     with pytest.raises(restore.NothingToRestore):
         restore_now(factory, pairing.id)
 
@@ -209,8 +336,8 @@ def test_restore_never_undoes_the_creation_of_a_pairing(
         restore_now(factory, pairing.id)
 
     lifecycle.run_sweep(factory, as_of=T)
-    restore_now(factory, pairing.id)
-    assert snapshot(session, pairing.id) == original
+    restore_now(factory, pairing.id, end_at=T + DAY)
+    assert snapshot(session, pairing.id) == redated(original, T + DAY)
     with pytest.raises(restore.NothingToRestore):
         restore_now(factory, pairing.id)  # the `created` row stays; it is not a state to go to
 
@@ -223,10 +350,30 @@ def test_tep_restore_command(
     session.commit()
     lifecycle.run_sweep(factory, as_of=T)
 
-    done = tep(database_url, "restore", str(pairing.id), "--end-at", "2026-12-24T00:00:00")
+    # The enrollment's end_at (T - DAY) has passed: without a new one, Canvas (and the next
+    # sweep) would end it again at once, so `tep restore` refuses, in one line, changing nothing.
+    before = snapshot(session, pairing.id)
+    refused = tep(database_url, "restore", str(pairing.id))
+    assert refused.returncode == 2
+    assert (refused.stdout, "Traceback" in refused.stderr) == ("", False)
+    assert refused.stderr.startswith("tep: the end_at of 1 enrollment(s) to restore")
+    assert "give a new one with --end-at; nothing was restored" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    past = tep(database_url, "restore", str(pairing.id), "--end-at", "2020-01-01T00:00:00Z")
+    assert past.returncode == 2
+    assert (past.stdout, "Traceback" in past.stderr) == ("", False)
+    assert past.stderr.startswith("tep: --end-at 2020-01-01T00:00:00Z is not after ")
+    assert len(past.stderr.strip().splitlines()) == 1
+    assert snapshot(session, pairing.id) == before
+    assert audit_rows(session, pairing.id, "restored") == 0
+
+    # A date in the future, without an offset (read as UTC).
+    later = (utcnow() + 30 * DAY).replace(microsecond=0)
+    naive = later.replace(tzinfo=None).isoformat()
+    done = tep(database_url, "restore", str(pairing.id), "--end-at", naive)
     assert done.returncode == 0, done.stderr
     assert f"pairing {pairing.id} restored to active" in done.stdout
-    assert "end at 2026-12-24T00:00:00Z" in done.stdout  # no offset: read as UTC
+    assert f"end at {lifecycle.iso(later)}" in done.stdout
 
     again = tep(database_url, "restore", str(pairing.id), "--json")
     assert again.returncode == 2
@@ -275,6 +422,9 @@ def test_restore_pairing_task_on_a_real_worker(
     env = service_env(postgres_database_url, redis_url, services.unique_queue())
     app = client_app(redis_url, env["TEP_QUEUE"])
     with celery_worker(env, tmp_path):
+        # Its end_at has passed: the task refuses, as `tep restore` does, and changes nothing.
+        with pytest.raises(Exception, match="give a new one with --end-at"):
+            app.send_task("tasks.restore_pairing", args=[pairing.id]).get(timeout=60)
         restored = app.send_task(
             "tasks.restore_pairing", args=[pairing.id], kwargs={"end_at": lifecycle.iso(new_end)}
         ).get(timeout=60)

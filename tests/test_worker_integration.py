@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Enrollment, SweepRun, TemporaryEnrollmentPairing, utcnow
+from models import Enrollment, SweepRun, utcnow
 from tests import factories as f
 from tests import services
 from tests.processes import (
@@ -48,15 +48,9 @@ def seed_due_and_future(session: Session) -> tuple[list[int], list[int]]:
 
 
 def pairing_states(session: Session, ids: list[int]) -> list[str]:
-    session.expire_all()
+    """The pairings' shown states (Canvas's row with tep's pairing end), in id order."""
     session.commit()
-    return list(
-        session.scalars(
-            select(TemporaryEnrollmentPairing.workflow_state)
-            .where(TemporaryEnrollmentPairing.id.in_(ids))
-            .order_by(TemporaryEnrollmentPairing.id)
-        )
-    )
+    return [f.shown_pairing(session, pairing_id)[0] for pairing_id in sorted(ids)]
 
 
 def test_worker_runs_a_sweep_sent_through_the_broker(
@@ -68,12 +62,20 @@ def test_worker_runs_a_sweep_sent_through_the_broker(
     with celery_worker(env, tmp_path) as worker:
         result = app.send_task("tasks.expire_due_pairings", kwargs={"trigger": "test"})
         summary = result.get(timeout=60)
+        # Ending one early through the broker: the task says `ended`, as tep shows the pairing
+        # (Canvas's row keeps `active`; the end is in tep's table).
+        early = app.send_task("tasks.end_pairing", args=[future[0]]).get(timeout=60)
 
     assert summary["enrollments_changed"] == {"deleted": 2, "completed": 2, "inactive": 2}
     assert summary["pairings_ended"] == 3
     assert summary["trigger"] == "test"
     assert pairing_states(pg_session, due) == ["ended", "ended", "ended"]
-    assert pairing_states(pg_session, future) == ["active"]
+    assert early == {
+        "pairing_id": future[0],
+        "workflow_state": "ended",
+        "enrollments_changed": {"deleted": 1},
+    }
+    assert pairing_states(pg_session, future) == ["ended"]
     assert pg_session.get(SweepRun, summary["run_id"]) is not None
     assert summary["run_id"] in worker.log  # the worker logs each run's summary
 

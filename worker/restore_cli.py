@@ -19,7 +19,10 @@ def restore(
         str | None,
         typer.Option(
             "--end-at",
-            help="ISO 8601 end date for the restored enrollments (the sweep expires them then).",
+            help=(
+                "ISO 8601 end date for the restored enrollments (the sweep expires them then); "
+                "needed, and in the future, when their own end date has passed."
+            ),
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -41,9 +44,3 @@ def restore(
         + (f"; they now end at {iso(result.end_at)}" if result.end_at else ""),
         highlight=False,
     )
-    if result.due_again:
-        out.print(
-            "note: restored enrollments have an end_at that has passed, so the next sweep "
-            "expires them again; give --end-at to keep them",
-            highlight=False,
-        )

@@ -8,7 +8,11 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, text
 
-AUDIT_TABLE = "temporary_enrollment_state_changes"
+from models import Schemas, StateChange
+
+# The session's PostgreSQL database has the default schemas: Canvas's tables in `public`, tep's
+# own (the audit table among them) in `tep`.
+AUDIT_TABLE = f"{Schemas().tep}.{StateChange.__tablename__}"
 PAIRINGS_TABLE = "temporary_enrollment_pairings"
 
 

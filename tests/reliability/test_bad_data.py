@@ -19,7 +19,7 @@ DAY = dt.timedelta(days=1)
 
 def snapshot(session: Session, pairing_id: int) -> tuple[object, ...]:
     session.commit()
-    session.expire_all()
+    state, ended_at = f.shown_pairing(session, pairing_id)
     pairing = session.get(TemporaryEnrollmentPairing, pairing_id)
     assert pairing is not None
     enrollments = session.execute(
@@ -27,7 +27,7 @@ def snapshot(session: Session, pairing_id: int) -> tuple[object, ...]:
         .where(Enrollment.temporary_enrollment_pairing_id == pairing_id)
         .order_by(Enrollment.id)
     ).all()
-    return (pairing.workflow_state, pairing.ended_at, pairing.updated_at, tuple(enrollments))
+    return (state, ended_at, pairing.updated_at, tuple(enrollments))
 
 
 def test_bad_pairings_are_skipped_reported_and_logged_by_a_real_worker(

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import StateChange, SweepRun, TemporaryEnrollmentPairing, utcnow
+from models import StateChange, SweepRun, utcnow
 from tests import factories as f
 from tests.processes import celery_beat, celery_worker, service_env, wait_until
 from tests.reliability.redis_server import RedisServer, private_redis
@@ -25,10 +25,7 @@ def due_pairing(session: Session, name: str) -> int:
 
 def pairing_state(session: Session, pairing_id: int) -> str:
     session.commit()
-    session.expire_all()
-    pairing = session.get(TemporaryEnrollmentPairing, pairing_id)
-    assert pairing is not None
-    return pairing.workflow_state
+    return f.shown_pairing(session, pairing_id)[0]
 
 
 def test_redis_restart_under_worker_and_beat_then_next_tick_is_processed(

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from models import SweepRun, TemporaryEnrollmentPairing, utcnow
+from models import Schemas, SweepRun, utcnow
 from tests import factories as f
 from tests import services
 from tests.processes import PROJECT_ROOT, celery_beat, celery_worker, service_env, wait_until
@@ -75,8 +75,11 @@ def database_url_with_password(postgres_database_url: str) -> Iterator[tuple[str
         connection.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
     try:
         with psycopg.connect(database, autocommit=True) as connection:
-            connection.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
-            connection.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+            # Canvas's tables in `public`, tep's own in its schema (the default Schemas).
+            for schema in ("public", Schemas().tep):
+                connection.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+                connection.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}")
+                connection.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
         yield url.set(username=role, password=password).render_as_string(False), password
     finally:
         with psycopg.connect(database, autocommit=True) as connection:
@@ -114,9 +117,8 @@ def test_pickled_message_refused_and_passwords_never_logged(
 
         # Refused: not deserialized, not run, and the refusal is in the log.
         assert not marker.exists()
-        pg_session.expire_all()
-        pairing = pg_session.get(TemporaryEnrollmentPairing, target.id)
-        assert pairing is not None and pairing.workflow_state == "active"
+        pg_session.commit()
+        assert f.shown_pairing(pg_session, target.id) == ("active", None)
         assert "Refusing to deserialize untrusted content of type pickle" in logs["worker"]
         assert f"Task tasks.end_pairing[{task_id}] received" not in logs["worker"]
 
