@@ -24,12 +24,20 @@ from tasks.metrics import render_metrics
 ROUTERS = (pairings.router, enrollments.router, accounts.router)
 
 DESCRIPTION = """\
-Canvas LMS's Temporary Enrollment Pairings API, and the part of its Enrollments API that attaches
-temporary enrollments to a pairing, in Canvas's wire format, so that Canvas's own clients work.
+Canvas LMS's Temporary Enrollment Pairings API, the part of its Enrollments API that attaches
+temporary enrollments to a pairing and reads them back (a course's, a user's), its Roles API and
+the account's users, in Canvas's wire format, so that Canvas's own clients (its temporary-enrollment
+UI, `canvasapi`) work.
 
 * Authenticate with `Authorization: Bearer <token>` (`tep token create`). A token acts for one
   user in one root account; `self` names that account in paths. Objects of any other root
   account do not exist (404).
+* Permissions are Canvas's, read from its `account_users`, `roles` and `role_overrides`: the
+  pairings API needs `temporary_enrollments_add` (create), `temporary_enrollments_delete`
+  (delete) or any of add/edit/delete (list, show, new) in the root account; the other endpoints
+  need an admin of the account (`tep admin grant`, `POST /accounts/:account_id/admins`).
+  Anyone else gets Canvas's 401, `{"status": "unauthorized", "errors": [{"message": "user not
+  authorized to perform that action"}]}`. Token scopes narrow a token further.
 * Parameters may come from the query string, a form-encoded body or a JSON body, for every method
   (Canvas's UI sends them all in the query string); bracketed names nest (`enrollment[user_id]`,
   `state[]`). An id may be given as a number or as a string of digits (`12` or `"12"`).
@@ -39,8 +47,9 @@ temporary enrollments to a pairing, in Canvas's wire format, so that Canvas's ow
   depth) is a string, as Canvas sends them; the schemas below show the default, numbers.
 * Lists are paginated with `page` and `per_page` (default 10, at most 100) and a `Link` header.
 * Errors are `{"errors": [{"message": "..."}]}`.
-* On Canvas's own database (`TEP_CANVAS_TABLES=existing`) Canvas owns users, courses and
-  sections: creating them here is refused (403); enrollments and pairings work as documented.
+* On Canvas's own database (`TEP_CANVAS_TABLES=existing`) Canvas owns users, courses,
+  sections and admins: creating them here is refused (403); enrollments and pairings work as
+  documented.
 """
 
 

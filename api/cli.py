@@ -65,9 +65,14 @@ def create_token(
         ),
     ] = None,
 ) -> None:
-    """Create an API token; prints it once, alone on the last line. Only its hash is stored."""
+    """Create an API token; prints it once, alone on the last line. Only its hash is stored.
+
+    The token acts for the user with the user's own permissions (Canvas's, from its
+    account_users and roles); it grants none. A note on stderr says so when the user holds no
+    account role in the account (`tep admin grant` makes one)."""
     from api.app import known_scopes
     from api.auth import create_token as store_token
+    from tasks.permissions import is_admin
 
     with transaction(runtime.session_factory()) as session:
         token, secret = store_token(
@@ -77,6 +82,7 @@ def create_token(
             scopes=scope or (),
             known_scopes=known_scopes(),
         )
+        admin = is_admin(session, user, account)
     scopes = ", ".join(scope) if scope else "every endpoint of the account"
     err.print(
         f"token {token.id} ({token.token_hint}...) for user {user} in account {account}; "
@@ -84,4 +90,12 @@ def create_token(
         highlight=False,
         soft_wrap=True,
     )
+    if not admin:
+        err.print(
+            f"note: user {user} holds no account role in account {account}, so the API will "
+            f"answer 401 to this token; `tep admin grant --account {account} --user {user}` "
+            "makes the user an AccountAdmin",
+            highlight=False,
+            soft_wrap=True,
+        )
     print(secret)

@@ -34,9 +34,11 @@ def id_path(what: str) -> Any:
 
 ERROR_DESCRIPTIONS = {
     400: "A parameter is missing or has a value that is not accepted; the message names it.",
-    401: "No token, a bad token, or a token whose scopes do not include this endpoint.",
+    401: "No token, a bad token, a token whose scopes do not include this endpoint, or a user "
+    "without the permission the endpoint needs (Canvas's `user not authorized to perform that "
+    "action`, with `status` `unauthorized`).",
     403: "Not done by this service here: on Canvas's own database (`TEP_CANVAS_TABLES=existing`) "
-    "Canvas owns users, courses and sections.",
+    "Canvas owns users, courses, sections and admins.",
     404: "No such object in the token's root account.",
     422: "The parameters are well-formed but refer to something that cannot be used.",
 }
@@ -52,9 +54,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def canvas_owns(what: str) -> Any:
     """A route dependency for the endpoints that create Canvas objects other than enrollments
-    and pairings: on Canvas's own database (`existing` mode) Canvas owns its users, courses and
-    sections, and tep, which writes only what its lifecycle needs there, refuses (403). It runs
-    after authentication, so a caller without a good token still gets the 401."""
+    and pairings: on Canvas's own database (`existing` mode) Canvas owns its users, courses,
+    sections and admins, and tep, which writes only what its lifecycle needs there, refuses
+    (403). It runs after authentication, so a caller without a good token still gets the 401."""
 
     def refuse_on_canvas(_caller: CallerDep, db: DatabaseDep) -> None:
         if db.on_canvas:

@@ -27,19 +27,41 @@ class ErrorMessage(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Canvas's error body."""
+    """Canvas's error body. `status` is there on a permission refusal (401), as Canvas renders
+    it (`render_json_unauthorized`, lib/authentication_methods.rb)."""
 
+    status: str | None = None
     errors: list[ErrorMessage]
 
 
 class ApiError(Exception):
-    """A request the API refuses; `message` is shown to the client as is."""
+    """A request the API refuses; `message` is shown to the client as is, and `status_text`
+    (Canvas's `status` key) beside it when given."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        status_text: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.status_text = status_text
+
+
+# What Canvas answers a signed-in user who may not do what they asked, for an API request:
+# `render_unauthorized_action` -> `render_json_unauthorized` (lib/authentication_methods.rb), a
+# 401 with `{"status": "unauthorized", "errors": [{"message": "user not authorized to perform
+# that action"}]}` and no WWW-Authenticate header (the token itself is fine).
+UNAUTHORIZED_MESSAGE = "user not authorized to perform that action"
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, UNAUTHORIZED_MESSAGE, status_text="unauthorized")
 
 
 def bad_request(message: str) -> ApiError:
@@ -59,9 +81,13 @@ def unprocessable(message: str) -> ApiError:
 
 
 def error_response(
-    status: int, messages: Sequence[str], headers: dict[str, str] | None = None
+    status: int,
+    messages: Sequence[str],
+    headers: dict[str, str] | None = None,
+    status_text: str | None = None,
 ) -> JSONResponse:
-    body = {"errors": [{"message": message} for message in messages]}
+    body: dict[str, Any] = {"status": status_text} if status_text is not None else {}
+    body["errors"] = [{"message": message} for message in messages]
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -73,7 +99,7 @@ def _location(loc: Sequence[Any]) -> str:
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, [exc.message], exc.headers)
+    return error_response(exc.status, [exc.message], exc.headers, exc.status_text)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

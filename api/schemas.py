@@ -71,31 +71,6 @@ class TemporaryEnrollmentPairingAsJson(BaseModel):
         return cls(temporary_enrollment_pairing=TemporaryEnrollmentPairingJson.of(pairing, view))
 
 
-class EnrollmentJson(BaseModel):
-    """An Enrollment, as Canvas's Enrollments API returns it.
-
-    `enrollment_state` is the state in force now: a temporary enrollment whose `end_at` has
-    passed shows its pairing's ending state even before the worker has written it.
-    """
-
-    id: int
-    user_id: int
-    course_id: int
-    course_section_id: int
-    root_account_id: int
-    type: str
-    role: str
-    role_id: int
-    enrollment_state: str
-    start_at: Timestamp | None
-    end_at: Timestamp | None
-    completed_at: Timestamp | None
-    temporary_enrollment_source_user_id: int | None
-    temporary_enrollment_pairing_id: int | None
-    created_at: Timestamp
-    updated_at: Timestamp
-
-
 class AccountJson(BaseModel):
     id: int
     name: str | None  # nullable in Canvas's table
@@ -158,22 +133,113 @@ class SectionJson(BaseModel):
 
 
 class UserJson(BaseModel):
+    """A User, as Canvas's `user_json` renders one for an admin (lib/api/v1/user.rb:
+    `API_USER_JSON_OPTS` id, name, created_at, sortable_name, short_name; `sis_user_id`,
+    `integration_id` and `login_id` from the user's login in the root account)."""
+
     id: int
     name: str | None  # nullable in Canvas's table
+    created_at: Timestamp
     sortable_name: str | None
     short_name: str | None
-    login_id: str | None
     sis_user_id: str | None
-    created_at: Timestamp
+    integration_id: str | None
+    login_id: str | None
 
     @classmethod
     def of(cls, user: User, login: Pseudonym | None) -> UserJson:
         return cls(
             id=user.id,
             name=user.name,
-            sortable_name=user.sortable_name,
-            short_name=user.name,
-            login_id=login.unique_id if login else None,
-            sis_user_id=login.sis_user_id if login else None,
             created_at=user.created_at,
+            sortable_name=user.sortable_name,
+            # `User#short_name`: its own column, else the name; tep maps no short_name column.
+            short_name=user.name,
+            sis_user_id=login.sis_user_id if login else None,
+            integration_id=None,  # a column of Canvas's pseudonyms tep does not map
+            login_id=login.unique_id if login else None,
         )
+
+
+class GradesJson(BaseModel):
+    """A student enrollment's `grades` (only the link: tep keeps no scores)."""
+
+    html_url: str
+
+
+class EnrollmentJson(BaseModel):
+    """An Enrollment, as Canvas's `enrollment_json` renders it (lib/api/v1/user.rb,
+    `API_ENROLLMENT_JSON_OPTS`, then `role`, `role_id`, `html_url`, `user`), plus tep's
+    `completed_at`.
+
+    `enrollment_state` is the state in force now: a temporary enrollment whose `end_at` has
+    passed shows its pairing's ending state even before the worker has written it; one in a
+    deleted course or section shows `deleted`, as Canvas shows it. `grades` is there for student
+    enrollments only and `temporary_enrollment_provider` with
+    `include[]=temporary_enrollment_providers` only (keys left out otherwise, as Canvas does).
+    """
+
+    id: int
+    root_account_id: int
+    user_id: int
+    course_id: int
+    course_section_id: int
+    associated_user_id: int | None
+    temporary_enrollment_source_user_id: int | None
+    temporary_enrollment_pairing_id: int | None
+    limit_privileges_to_course_section: bool
+    enrollment_state: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    start_at: Timestamp | None
+    end_at: Timestamp | None
+    completed_at: Timestamp | None
+    type: str
+    role: str
+    role_id: int
+    html_url: str
+    user: UserJson
+    grades: GradesJson | None = None
+    temporary_enrollment_provider: UserJson | None = None
+
+
+class RolePermissionJson(BaseModel):
+    """One permission of a role (`Api::V1::Role#permission_json`): `applies_to_self` and
+    `applies_to_descendants` only when enabled, `prior_default` only when explicit."""
+
+    enabled: bool
+    locked: bool
+    readonly: bool
+    explicit: bool
+    prior_default: bool | None = None
+    applies_to_self: bool | None = None
+    applies_to_descendants: bool | None = None
+    group: str | None = None
+
+
+class RoleJson(BaseModel):
+    """A Role, as Canvas's Roles API renders it (`Api::V1::Role#role_json`, lib/api/v1/role.rb).
+    `permissions` holds the permissions tep knows (the temporary-enrollment ones and
+    `manage_account_memberships`), computed for the account asked about; `account` is there for
+    a custom role only (built-in roles belong to no account)."""
+
+    id: int
+    role: str
+    label: str
+    last_updated_at: Timestamp
+    base_role_type: str
+    workflow_state: str
+    created_at: Timestamp
+    permissions: dict[str, RolePermissionJson]
+    is_account_role: bool
+    account: AccountJson | None = None
+
+
+class AdminJson(BaseModel):
+    """An account admin (an `account_users` row), as `Api::V1::Admin#admin_json` renders it."""
+
+    id: int
+    role: str
+    role_id: int
+    user: UserJson
+    workflow_state: str

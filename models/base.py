@@ -16,7 +16,7 @@ to the one file.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, ClassVar, Unpack
+from typing import Annotated, Any, ClassVar
 
 from sqlalchemy import DateTime, Dialect, MetaData, Select, String
 from sqlalchemy.dialects import postgresql
@@ -27,7 +27,7 @@ UTC = dt.UTC
 
 
 # Any SELECT, whatever its columns (SQLAlchemy 2.1's Select is generic over its row's types).
-AnySelect = Select[Unpack[tuple[Any, ...]]]
+AnySelect = Select[*tuple[Any, ...]]
 
 # The placeholder schema of tep's own tables (translated to the configured one by the engine).
 TEP_SCHEMA = "tep"

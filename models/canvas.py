@@ -86,9 +86,12 @@ ENROLLMENT_TYPES: tuple[str, ...] = (
 )
 ACCOUNT_ADMIN_ROLE = "AccountAdmin"  # the built-in account role (`Role::ACCOUNT_TYPES`)
 ACCOUNT_MEMBERSHIP_ROLE = "AccountMembership"  # base type of custom account roles
-BUILT_IN_ROLES: tuple[tuple[str, str], ...] = (
-    *((name, name) for name in ENROLLMENT_TYPES),
-    (ACCOUNT_ADMIN_ROLE, ACCOUNT_MEMBERSHIP_ROLE),
+# Role::BASE_TYPES (app/models/role.rb): the built-in roles Canvas gives every root account
+# (`Account#create_built_in_roles`), each named like its base type; `NoPermissions` is
+# Role::NULL_ROLE_TYPE. Pairs of (name, base_role_type).
+BUILT_IN_ROLES: tuple[tuple[str, str], ...] = tuple(
+    (name, name)
+    for name in (ACCOUNT_ADMIN_ROLE, ACCOUNT_MEMBERSHIP_ROLE, *ENROLLMENT_TYPES, "NoPermissions")
 )
 
 
@@ -284,7 +287,7 @@ class RoleOverride(Base):
         Boolean, nullable=False, default=True, server_default=true()
     )
     root_account_id: Mapped[int] = mapped_column(BigId, ForeignKey("accounts.id"), nullable=False)
-    # Nullable here, unlike most of Canvas's tables (the init migration's `t.timestamps null: true`).
+    # Nullable here, unlike most of Canvas's tables (`t.timestamps null: true` in its migration).
     created_at: Mapped[dt.datetime | None] = mapped_column(CanvasTimestamp(), default=utcnow)
     updated_at: Mapped[dt.datetime | None] = mapped_column(
         CanvasTimestamp(), default=utcnow, onupdate=utcnow

@@ -4,12 +4,20 @@ tests) in `managed` mode, and enrollments in both modes.
 What Canvas's models do on create, and tep repeats, each from Canvas's source:
 
 * a root account gets `root_account_id = 0` (`Account#ensure_defaults`), a "Default Term"
-  (`Account#default_enrollment_term`) and its built-in roles (`Role.ensure_built_in_roles!`,
-  app/models/role.rb: one row per built-in type, `workflow_state 'built_in'`);
+  (`Account#default_enrollment_term`) and its built-in roles (`Account#create_built_in_roles`,
+  app/models/account.rb: one row per `Role::BASE_TYPES` entry, named like its base type,
+  `workflow_state 'built_in'`);
 * a course belongs to its root account's default term unless given one;
 * an enrollment gets a `uuid` (`CanvasSlug`), a `role_id` (the built-in role of its type when
-  none is given, `Enrollment#infer_role`... via `Enrollment#role`), its `enrollment_states` row
-  and its user's touch (tasks/canvas_callbacks.py), and tep indexes its deadline.
+  none is given, `Enrollment#ensure_role_id` via `Enrollment#default_canvas_role`), its
+  `enrollment_states` row and its user's touch (tasks/canvas_callbacks.py), and tep indexes its
+  deadline.
+
+Roles and terms are only ever *created* with a root account (:func:`create_root_account`, which
+only tep's own tables, tests and the demo use: tep never creates root accounts in Canvas's). The
+lookups (:func:`built_in_role`, :func:`default_term_id`) never create what is missing: on
+Canvas's database (`existing` mode) the roles and terms are Canvas's, and one that is missing is
+an error to report, not a row for tep to invent.
 """
 
 from __future__ import annotations
@@ -35,9 +43,13 @@ from models import (
 )
 from tasks import canvas_callbacks, deadlines
 
+# The built-in roles Canvas gives every root account (models.BUILT_IN_ROLES).
+CANVAS_BUILT_IN_ROLES: tuple[str, ...] = tuple(name for name, _ in BUILT_IN_ROLES)
+
 
 class CanvasObjectError(Exception):
-    """A request Canvas itself would refuse; the message is meant for people."""
+    """A request Canvas itself would refuse, or a Canvas object that should exist and does not;
+    the message is meant for people."""
 
 
 def canvas_uuid() -> str:
@@ -59,7 +71,11 @@ def create_root_account(session: Session, name: str, *, workflow_state: str = "a
 
 
 def ensure_root_account_defaults(session: Session, root_account_id: int) -> None:
-    """The default term and the built-in roles of a root account, where missing."""
+    """Create the default term and the built-in roles of a root account tep has just created,
+    where missing, as Canvas does for a new root account (`Account#create_default_objects`).
+
+    Only for root accounts tep creates itself (managed mode, the demo, tests): tep never creates
+    roles or terms in Canvas's own tables; the lookups below refuse instead."""
     has_term = session.scalar(
         select(EnrollmentTerm.id).where(EnrollmentTerm.root_account_id == root_account_id).limit(1)
     )
@@ -72,13 +88,13 @@ def ensure_root_account_defaults(session: Session, root_account_id: int) -> None
             )
         )
     )
-    for name, base_role_type in BUILT_IN_ROLES:
+    for name in CANVAS_BUILT_IN_ROLES:
         if name not in existing:
             session.add(
                 Role(
                     name=name,
-                    base_role_type=base_role_type,
-                    account_id=root_account_id,
+                    base_role_type=name,
+                    account_id=None,  # built-in roles belong to no account, only a root account
                     root_account_id=root_account_id,
                     workflow_state="built_in",
                 )
@@ -87,6 +103,8 @@ def ensure_root_account_defaults(session: Session, root_account_id: int) -> None
 
 
 def default_term_id(session: Session, root_account_id: int) -> int:
+    """The root account's default term (its first). Raises CanvasObjectError when it has none:
+    Canvas gives every root account one, and tep does not make one up."""
     term_id = session.scalar(
         select(EnrollmentTerm.id)
         .where(EnrollmentTerm.root_account_id == root_account_id)
@@ -94,8 +112,11 @@ def default_term_id(session: Session, root_account_id: int) -> int:
         .limit(1)
     )
     if term_id is None:
-        ensure_root_account_defaults(session, root_account_id)
-        return default_term_id(session, root_account_id)
+        raise CanvasObjectError(
+            f"root account {root_account_id} has no enrollment term; Canvas creates its "
+            '"Default Term" with the root account (Account#default_enrollment_term), and tep '
+            "does not create terms"
+        )
     return term_id
 
 
@@ -132,17 +153,27 @@ def create_course(
     return course, section
 
 
-def built_in_role(session: Session, root_account_id: int, enrollment_type: str) -> Role:
+def built_in_role(session: Session, root_account_id: int, name: str) -> Role:
+    """The root account's built-in role named `name` (an enrollment type, or `AccountAdmin`):
+    `Role.get_built_in_role(name, root_account_id:)`. Raises CanvasObjectError when it is
+    missing: Canvas creates the built-in roles with the root account, and tep does not create
+    roles (on Canvas's database they are Canvas's)."""
     role = session.scalar(
-        select(Role).where(
+        select(Role)
+        .where(
             Role.root_account_id == root_account_id,
             Role.workflow_state == "built_in",
-            Role.name == enrollment_type,
+            Role.name == name,
         )
+        .order_by(Role.id)
+        .limit(1)
     )
     if role is None:
-        ensure_root_account_defaults(session, root_account_id)
-        return built_in_role(session, root_account_id, enrollment_type)
+        raise CanvasObjectError(
+            f"root account {root_account_id} has no built-in role {name} in Canvas's roles "
+            "table; Canvas creates the built-in roles with the root account "
+            "(Account#create_built_in_roles), and tep does not create roles"
+        )
     return role
 
 

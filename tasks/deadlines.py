@@ -37,11 +37,15 @@ from models import (
     PairingEnd,
     TemporaryEnrollmentPairing,
     live,
+    utcnow,
 )
 from tasks.canvas_callbacks import ids_in
 
 # Ids below the last one seen that each discovery reads again (see the module doc).
 LOOKBACK_IDS = 1_000
+# How far before the last read of Canvas's date triggers each discovery reads again: a trigger
+# written by a transaction that committed late is still met.
+PROBE_OVERLAP = dt.timedelta(minutes=5)
 CURSOR_ID = 1
 
 Pairing = TemporaryEnrollmentPairing
@@ -135,40 +139,57 @@ def forget_pairings(session: Session, pairing_ids: Collection[int]) -> None:
 def discover(session: Session, as_of: dt.datetime) -> int:
     """Index what others wrote since the last sweep (see the module doc); returns the rows
     indexed or re-indexed."""
-    last_seen = (
-        session.scalar(
-            select(DiscoveryCursor.last_enrollment_id).where(DiscoveryCursor.id == CURSOR_ID)
+    cursor = session.execute(
+        select(DiscoveryCursor.last_enrollment_id, DiscoveryCursor.last_probed_at).where(
+            DiscoveryCursor.id == CURSOR_ID
         )
-        or 0
-    )
+    ).one_or_none()
+    last_seen, last_probed = (cursor[0], cursor[1]) if cursor is not None else (0, None)
     newest = session.scalar(select(func.max(Enrollment.id))) or 0
     found = 0
     if newest > last_seen - LOOKBACK_IDS:
         found += _upsert(session, _rows(Enrollment.id > last_seen - LOOKBACK_IDS))
-    # Rows whose date trigger has passed in Canvas's cache: an end Canvas moved, or one no tep
-    # writer saw. Non-temporary rows of the range are filtered out by the join.
+    # Rows whose date trigger has passed in Canvas's cache since the last read (and a margin): an
+    # end Canvas moved, or one no tep writer saw. Only the triggers passed since then: older ones
+    # were read before (or are the nightly rebuild's), so the read follows the rows that fell due,
+    # not every trigger ever passed (tep's own managed tables keep past triggers of non-temporary
+    # enrollments forever; Canvas's job clears them within minutes).
+    probe_to = min(as_of, utcnow())  # a preview of the future must not move the cursor ahead
     passed = select(EnrollmentState.enrollment_id).where(EnrollmentState.state_valid_until <= as_of)
+    if last_probed is not None:
+        passed = passed.where(EnrollmentState.state_valid_until > last_probed - PROBE_OVERLAP)
     found += _upsert(session, _rows(Enrollment.id.in_(passed.scalar_subquery())))
-    if newest > last_seen:
-        _advance_cursor(session, newest, as_of)
+    _advance_cursor(session, max(newest, last_seen), max(probe_to, last_probed or probe_to))
     return found
 
 
-def _advance_cursor(session: Session, newest: int, as_of: dt.datetime) -> None:
-    """Move the cursor up to `newest`, never down (concurrent sweeps race here harmlessly)."""
+def _advance_cursor(session: Session, newest: int, probed_to: dt.datetime) -> None:
+    """Move the cursor up to `newest` and `probed_to`, never down (concurrent sweeps race here
+    harmlessly)."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(DiscoveryCursor).values(
-        id=CURSOR_ID, last_enrollment_id=newest, updated_at=as_of
+        id=CURSOR_ID, last_enrollment_id=newest, last_probed_at=probed_to, updated_at=utcnow()
     )
+    current = DiscoveryCursor
     stmt = stmt.on_conflict_do_update(
         index_elements=[DiscoveryCursor.id],
         set_={
             "last_enrollment_id": case(
                 (
-                    DiscoveryCursor.last_enrollment_id < stmt.excluded.last_enrollment_id,
+                    current.last_enrollment_id < stmt.excluded.last_enrollment_id,
                     stmt.excluded.last_enrollment_id,
                 ),
-                else_=DiscoveryCursor.last_enrollment_id,
+                else_=current.last_enrollment_id,
+            ),
+            "last_probed_at": case(
+                (
+                    or_(
+                        current.last_probed_at.is_(None),
+                        current.last_probed_at < stmt.excluded.last_probed_at,
+                    ),
+                    stmt.excluded.last_probed_at,
+                ),
+                else_=current.last_probed_at,
             ),
             "updated_at": stmt.excluded.updated_at,
         },

@@ -313,7 +313,14 @@ def _next_window(
     stmt = select(row.end_at, row.enrollment_id.label("id"), row.temporary_enrollment_pairing_id)
     stmt = stmt.where(due_enrollments(as_of, account_id))
     if after is not None:
-        stmt = stmt.where(tuple_(row.end_at, row.enrollment_id) > tuple_(*after))
+        # Typed binds: an untyped datetime would reach SQLite in whatever form its class suggests
+        # (freezegun's, for one), and a string comparison with the stored form can then never
+        # move past the last key.
+        key = tuple_(
+            literal(after[0], type_=EnrollmentDeadline.end_at.type),
+            literal(after[1], type_=EnrollmentDeadline.enrollment_id.type),
+        )
+        stmt = stmt.where(tuple_(row.end_at, row.enrollment_id) > key)
     stmt = stmt.order_by(row.end_at, row.enrollment_id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         return _summarise_window_in_the_database(session, stmt)
@@ -958,6 +965,9 @@ def run_sweep(
             last, window = _next_window(session, as_of, account_id, after, window_size)
         if last is None:
             break
+        if after is not None and last <= after:
+            # The keyset must move forward; a window that does not would be read for ever.
+            raise LifecycleError(f"sweep window did not advance past {after}; sweep stopped")
         after = last
         for pairing_ids in _batches(window, batch_size, done):
             with transaction(factory, commit=not dry_run) as session:

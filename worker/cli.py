@@ -23,7 +23,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from api import cli as api_cli
-from models import Enrollment, TemporaryEnrollmentPairing, transaction, utcnow
+from models import (
+    ACCOUNT_ADMIN_ROLE,
+    CANVAS_TABLES_EXISTING,
+    DUMMY_ROOT_ACCOUNT_ID,
+    Account,
+    Enrollment,
+    Pseudonym,
+    TemporaryEnrollmentPairing,
+    User,
+    transaction,
+    utcnow,
+)
 from tasks import lifecycle
 from worker import runtime
 from worker.restore_cli import restore
@@ -44,6 +55,8 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+admin_cli = typer.Typer(help="Account admins (Canvas's account_users).", no_args_is_help=True)
+cli.add_typer(admin_cli, name="admin")
 cli.command()(status)
 cli.add_typer(api_cli.token_cli, name="token")
 cli.command("api")(api_cli.serve)
@@ -91,6 +104,61 @@ def db_upgrade() -> None:
             f"{settings.canvas_schema!r} (TEP_CANVAS_TABLES=existing); nothing was changed"
         )
     err.print("database is up to date")
+
+
+@admin_cli.command("grant")
+def admin_grant(
+    account: Annotated[int, typer.Option("--account", help="The account (root or sub-account).")],
+    user: Annotated[int, typer.Option("--user", help="The user to make an admin.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="An account role by name: the built-in AccountAdmin, or a custom account role "
+            "of the account or one above it.",
+        ),
+    ] = ACCOUNT_ADMIN_ROLE,
+) -> None:
+    """Make a user an admin of an account (an `account_users` row, as Canvas's Admins API makes
+    one), so that the API lets their tokens act: an AccountAdmin holds every permission, a
+    custom role what its role overrides enable. Only in TEP_CANVAS_TABLES=managed: on Canvas's
+    own database the admins are Canvas's (make them in Canvas)."""
+    from tasks import permissions
+
+    settings = get_settings()
+    if settings.canvas_tables == CANVAS_TABLES_EXISTING:
+        fail(
+            "Canvas owns its admins here (TEP_CANVAS_TABLES=existing): tep does not write "
+            "Canvas's account_users; make the admin in Canvas (Admins API or the account's "
+            "settings), then `tep token create` for that user"
+        )
+    with transaction(runtime.session_factory()) as session:
+        target = session.get(Account, account)
+        if target is None or account == DUMMY_ROOT_ACCOUNT_ID or target.workflow_state == "deleted":
+            fail(f"no account with id {account}")
+        root = target.resolved_root_account_id
+        if session.get(User, user) is None:
+            fail(f"no user with id {user}")
+        login = session.scalar(
+            select(Pseudonym.id).where(
+                Pseudonym.user_id == user,
+                Pseudonym.account_id == root,
+                Pseudonym.workflow_state != "deleted",
+            )
+        )
+        if login is None:  # how Canvas ties a user to a root account (AdminsController#create)
+            fail(f"user {user} has no login in root account {root}")
+        try:
+            found = permissions.account_role(session, target, name=role)
+        except permissions.RoleError as error:
+            fail(str(error))
+        row, written = permissions.grant(session, target, user, found)
+        message = (
+            f"user {user} is now {found.name} of account {account}"
+            if written
+            else f"user {user} already is {found.name} of account {account}"
+        )
+        err.print(f"{message} (account_users row {row.id})", highlight=False, soft_wrap=True)
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -194,7 +262,8 @@ def demo(
         f"seeded demo account {seed.account_id}: due pairings {seed.due_pairing_ids} "
         f"({seed.due_enrollments} enrollments), expiring in "
         f"{int(SOON.total_seconds())} s {seed.soon_pairing_ids}, "
-        f"future {seed.future_pairing_ids}"
+        f"future {seed.future_pairing_ids}; admin user {seed.admin_id} (AccountAdmin: "
+        f"`tep token create --account {seed.account_id} --user {seed.admin_id}` for the API)"
     )
     if not run:
         out.print("start a worker to expire them: celery -A worker worker -B --loglevel INFO")

@@ -15,6 +15,7 @@ from models import (
     TemporaryEnrollmentPairing,
     User,
 )
+from tasks import permissions
 from tasks.canvas_objects import create_course, create_enrollment, create_root_account
 from tasks.events import record_pairing_created
 
@@ -30,6 +31,9 @@ class DemoSeed:
     soon_pairing_ids: list[int]
     future_pairing_ids: list[int]
     due_enrollments: int
+    # An AccountAdmin of the account: `tep token create --account A --user ADMIN` gives a token
+    # the whole API answers.
+    admin_id: int = 0
 
 
 def _user(session: Session, account: Account, name: str, login: str) -> User:
@@ -45,8 +49,21 @@ def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
     """Add a demo account; returns what was made. Adds a fresh account each time it runs."""
     account = create_root_account(session, "Demo University")
     admin = _user(session, account, "Ada Admin", "ada@demo.example")
+    # The API reads Canvas's permissions: Ada holds the built-in AccountAdmin role, so her tokens
+    # may manage the demo's pairings and enrollments.
+    permissions.grant(
+        session, account, admin.id, permissions.account_role(session, account, name="AccountAdmin")
+    )
     provider = _user(session, account, "Paula Provider", "paula@demo.example")
-    recipient = _user(session, account, "Sam Substitute", "sam@demo.example")
+    # One substitute per pairing: Canvas's unique index allows a recipient one temporary
+    # enrollment per provider, type, role and section (deleted ones included), so the same
+    # recipient could not stand in for the same provider in the same course twice.
+    substitutes = iter(
+        [
+            _user(session, account, f"{name} Substitute", f"{name.lower()}@demo.example")
+            for name in ("Sam", "Robin", "Kim", "Alex", "Jo")
+        ]
+    )
 
     courses = []
     for code, title in [("BIO-101", "Biology"), ("CHEM-110", "Chemistry"), ("HIST-200", "History")]:
@@ -73,6 +90,7 @@ def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
         session.add(record)
         session.flush()
         record_pairing_created(session, record, admin.id)  # the `pairing.created` event
+        recipient = next(substitutes)
         for (course, section), offset in zip(courses, end_ats, strict=False):
             create_enrollment(
                 session,
@@ -106,4 +124,5 @@ def seed_demo(session: Session, now: dt.datetime) -> DemoSeed:
         soon_pairing_ids=soon,
         future_pairing_ids=future,
         due_enrollments=6,
+        admin_id=admin.id,
     )

@@ -4,6 +4,12 @@ Every answer is the pairing under its root key, `{"temporary_enrollment_pairing"
 the list an array of those, as Canvas's `render json: pairing.as_json` renders them
 (`app/controllers/temporary_enrollment_pairings_api_controller.rb`).
 
+Every call needs Canvas's permission for it in the root account whose pairings these are
+(api/authz.py): `temporary_enrollments_add` to create, `temporary_enrollments_delete` to delete,
+any of add/edit/delete to list, show and initialize; otherwise Canvas's 401. Canvas checks the
+account named in the path; tep checks the root account, the pairings' own, so an admin of a
+sub-account cannot reach the root account's pairings through the sub-account's path.
+
 Deleting a pairing ends it early through the lifecycle's own code path
 (:func:`tasks.lifecycle.end_pairing`), so an API delete and the sweep apply the same rule and write
 the same audit rows.
@@ -17,7 +23,8 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.auth import CallerDep
+from api.auth import Caller, CallerDep
+from api.authz import require_permission
 from api.context import AccountIdPath, error_responses, find_account, id_path
 from api.db import DatabaseDep
 from api.errors import ApiError, not_found, unprocessable
@@ -35,6 +42,11 @@ from models import (
 )
 from tasks import lifecycle
 from tasks.events import record_pairing_created
+from tasks.permissions import (
+    MANAGE_TEMPORARY_ENROLLMENT_PERMISSIONS,
+    TEMPORARY_ENROLLMENTS_ADD,
+    TEMPORARY_ENROLLMENTS_DELETE,
+)
 
 router = APIRouter(prefix="/api/v1/accounts/{account_id}/temporary_enrollment_pairings")
 
@@ -76,6 +88,13 @@ CREATE_FIELDS = (
 )
 
 
+def _authorize(session: Session, caller: Caller, account_id: str, wanted: tuple[str, ...]) -> None:
+    """The path's account must exist (404), then the caller must hold one of `wanted` in the
+    root account (401), as Canvas's `authorize_action` runs before the pairing is loaded."""
+    find_account(session, caller, account_id)
+    require_permission(session, caller, caller.root_account_id, wanted)
+
+
 def _pairing(session: Session, root_account_id: int, pairing_id: int) -> TemporaryEnrollmentPairing:
     pairing = session.get(TemporaryEnrollmentPairing, pairing_id)
     if pairing is None or pairing.root_account_id != root_account_id:
@@ -107,7 +126,7 @@ def list_pairings(
         states.append("deleted")
     page = requested_page(params)
     with transaction(db.read, commit=False) as session:
-        find_account(session, caller, account_id)
+        _authorize(session, caller, account_id, MANAGE_TEMPORARY_ENROLLMENT_PERMISSIONS)
         stmt = (
             select(TemporaryEnrollmentPairing)
             .where(
@@ -132,7 +151,7 @@ def list_pairings(
 def new_pairing(account_id: AccountIdPath, caller: CallerDep, db: DatabaseDep) -> PairingJson:
     """An unsaved pairing of the account (`id` null), as a template for a create form."""
     with transaction(db.read, commit=False) as session:
-        find_account(session, caller, account_id)
+        _authorize(session, caller, account_id, MANAGE_TEMPORARY_ENROLLMENT_PERMISSIONS)
     return PairingJson(
         temporary_enrollment_pairing=TemporaryEnrollmentPairingJson(
             id=None,
@@ -167,7 +186,7 @@ def show_pairing(
 ) -> PairingJson:
     """A pairing of the root account in any state, deleted ones included."""
     with transaction(db.read, commit=False) as session:
-        find_account(session, caller, account_id)
+        _authorize(session, caller, account_id, MANAGE_TEMPORARY_ENROLLMENT_PERMISSIONS)
         pairing = _pairing(session, caller.root_account_id, id)
         return PairingJson.of(pairing, lifecycle.pairing_view(session, pairing))
 
@@ -192,7 +211,7 @@ def create_pairing(
         or DEFAULT_ENDING_ENROLLMENT_STATE
     )
     with transaction(db.write) as session:
-        find_account(session, caller, account_id)
+        _authorize(session, caller, account_id, (TEMPORARY_ENROLLMENTS_ADD,))
         pairing = TemporaryEnrollmentPairing(
             root_account_id=caller.root_account_id,
             workflow_state="active",
@@ -221,7 +240,7 @@ def delete_pairing(
     `deleted` pairing again changes nothing and returns it as it is (200). Answers the pairing
     (DESIGN.md section 5; the Canvas controller read, commit 0e63cfcd, answers 204 with no body)."""
     with transaction(db.write) as session:
-        find_account(session, caller, account_id)
+        _authorize(session, caller, account_id, (TEMPORARY_ENROLLMENTS_DELETE,))
         _pairing(session, caller.root_account_id, id)
         try:
             pairing, _changed = lifecycle.end_pairing(

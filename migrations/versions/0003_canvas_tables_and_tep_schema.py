@@ -421,6 +421,7 @@ def _target(tep_schema: str | None) -> sa.MetaData:
         m,
         c("id", sa.Integer(), primary_key=True, autoincrement=False),
         c("last_enrollment_id", _id(), nullable=False),
+        c("last_probed_at", _tep_time(), nullable=True),
         c("updated_at", _tep_time(), nullable=False),
         schema=tep_schema,
     )
@@ -549,6 +550,7 @@ DISCOVERY = _table(
     "temporary_enrollment_discovery",
     "id",
     "last_enrollment_id",
+    _tep_moment("last_probed_at"),
     _tep_moment("updated_at"),
     tep=True,
 )
@@ -825,7 +827,9 @@ def _start_discovery(bind: sa.Connection, now: dt.datetime) -> None:
     newest = bind.scalar(sa.select(sa.func.max(ENROLLMENTS.c.id)))
     if newest:
         bind.execute(
-            DISCOVERY.insert().values(id=CURSOR_ID, last_enrollment_id=newest, updated_at=now)
+            DISCOVERY.insert().values(
+                id=CURSOR_ID, last_enrollment_id=newest, last_probed_at=now, updated_at=now
+            )
         )
 
 

@@ -1,5 +1,6 @@
 """Fixtures for the API tests: a real `tep api` server per database, and a fresh root account
-(with an admin user and a token) per test, so tests never see each other's data."""
+(with an admin user, an AccountAdmin of it, and a token) per test, so tests never see each
+other's data."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import known_scopes
 from api.auth import create_token
 from migrations import upgrade
-from models import Pseudonym, User, make_engine, make_sessionmaker, transaction
+from models import Account, Pseudonym, User, make_engine, make_sessionmaker, transaction
+from tasks import permissions
 from tasks.canvas_objects import create_root_account
 from tests import services
 from tests.api.server import ApiServer, api_server
@@ -105,6 +107,19 @@ class World:
     def add_user(self, name: str = "Someone") -> int:
         return add_user(self.factory, self.account_id, name)
 
+    def grant(self, user_id: int, role: str = "AccountAdmin", account_id: int | None = None) -> int:
+        """Make the user an admin (an `account_users` row, as Canvas has them) of the account
+        (default: the root account) in the named account role; returns the row's id."""
+        return grant(self.factory, account_id or self.account_id, user_id, role)
+
+
+def grant(factory: sessionmaker[Session], account_id: int, user_id: int, role: str) -> int:
+    with transaction(factory) as session:
+        account = session.get_one(Account, account_id)
+        found = permissions.account_role(session, account, name=role)
+        row, _written = permissions.grant(session, account, user_id, found)
+        return row.id
+
 
 def add_user(factory: sessionmaker[Session], account_id: int, name: str) -> int:
     with transaction(factory) as session:
@@ -124,6 +139,8 @@ def make_world(base_url: str, factory: sessionmaker[Session]) -> World:
         # With its default term and built-in roles, as Canvas makes a root account.
         account_id = create_root_account(session, f"University {next(_names)}").id
     admin_id = add_user(factory, account_id, "Admin")
+    # The API reads Canvas's permissions: the world's admin is an AccountAdmin of its account.
+    grant(factory, account_id, admin_id, "AccountAdmin")
     world = World(base_url, account_id, admin_id, "", factory)
     world.token = world.token_for(admin_id)
     return world

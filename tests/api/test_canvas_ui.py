@@ -13,8 +13,9 @@ reads: `response.json.temporary_enrollment_pairing`, ids as strings (`types.ts` 
 The UI authenticates with Canvas's session cookie; tep has tokens, so the token rides along as
 `Authorization: Bearer`, the one header the UI does not send.
 
-Calls that need endpoints issue 11 has not built yet are strict xfails: they must fail today, and
-turn into failures of this suite (to be unmarked) the day they work.
+The UI's calls beside the api module are replayed too: the Roles API, where a role id for
+`createEnrollment` comes from, the provider's own enrollments (TempEnrollAssign.tsx) and
+Canvas's reactivate endpoint.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def temporary_enrollment(world: World, scene: Scene, pairing_id: str) -> dict[st
 
 
 # --------------------------------------------------------------------------------------------
-# What works today
+# Pairings
 
 
 @pytest.mark.parametrize("ending_state", ["deleted", "completed", "inactive"])
@@ -326,14 +327,9 @@ def test_delete_a_temporary_enrollment_as_the_ui_does(world: World, scene: Scene
 
 
 # --------------------------------------------------------------------------------------------
-# What needs endpoints issue 11 has not built yet
+# Creating and reading temporary enrollments as the UI does
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: GET /api/v1/accounts/:account_id/roles (Roles API) and enrollment create "
-    "with enrollment[role_id] (no type) not built yet",
-)
 def test_create_temporary_enrollments_as_the_ui_does(world: World, scene: Scene) -> None:
     """TempEnrollAssign: a pairing, then createEnrollment(sectionId, recipientId, providerId,
     pairingId, limitPrivileges, start, end, roleId) per section, with the role's id and no
@@ -355,9 +351,6 @@ def test_create_temporary_enrollments_as_the_ui_does(world: World, scene: Scene)
     assert enrollment["end_at"] == iso(end)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11: GET /api/v1/users/:user_id/enrollments not built yet"
-)
 def test_fetch_temporary_enrollments_for_a_recipient(world: World, scene: Scene) -> None:
     """TempEnrollView/TempEnrollEdit: fetchTemporaryEnrollments(userId, true), with
     `state[]=current_and_future`, `per_page=100`, `temporary_enrollments_for_recipient=true` and
@@ -373,9 +366,6 @@ def test_fetch_temporary_enrollments_for_a_recipient(world: World, scene: Scene)
     assert enrollment["user"]["id"] == scene.recipient_id
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11: GET /api/v1/users/:user_id/enrollments not built yet"
-)
 def test_fetch_temporary_enrollments_for_a_provider(world: World, scene: Scene) -> None:
     """fetchTemporaryEnrollments(userId, false): `temporary_enrollment_recipients_for_provider`
     on the provider's own id lists the recipients' enrollments."""
@@ -389,9 +379,6 @@ def test_fetch_temporary_enrollments_for_a_provider(world: World, scene: Scene) 
     assert scene.ui.fetch_temporary_enrollments(nobody, True) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11: GET /api/v1/users/:user_id/enrollments not built yet"
-)
 def test_the_providers_own_enrollments_as_temp_enroll_assign_reads_them(scene: Scene) -> None:
     """TempEnrollAssign.tsx: `GET /api/v1/users/:id/enrollments?state[]=active&state[]=completed
     &state[]=invited`, the courses and sections the provider can hand out."""
@@ -400,15 +387,15 @@ def test_the_providers_own_enrollments_as_temp_enroll_assign_reads_them(scene: S
     assert own["user_id"] == scene.provider_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: PUT /api/v1/courses/:course_id/enrollments/:id/reactivate not built yet",
-)
 def test_reactivate_an_inactive_enrollment(world: World, scene: Scene) -> None:
     """An inactive temporary enrollment made active again, by Canvas's reactivate endpoint."""
     pairing = scene.ui.create_temporary_enrollment_pairing(scene.account_id, "inactive")
     made = temporary_enrollment(world, scene, pairing["id"])
-    temporary_enrollment(world, scene, pairing["id"])  # keeps the pairing live meanwhile
+    # Another recipient's enrollment in the pairing keeps it live meanwhile (one recipient has
+    # one temporary enrollment per provider, role and section: Canvas's unique index).
+    with world.client() as client:
+        other = str(h.user(client, "Robin Other")["id"])
+    temporary_enrollment(world, dataclasses.replace(scene, recipient_id=other), pairing["id"])
     with world.client() as client:
         url = f"/courses/{scene.course_id}/enrollments/{made['id']}"
         deactivated = h.ok(client.delete(url, params={"task": "deactivate"}))

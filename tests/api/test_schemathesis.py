@@ -36,12 +36,14 @@ def real_ids(world: World) -> dict[str, Any]:
         course = h.course(client)
         section = h.ok(client.post(f"/courses/{course['id']}/sections"))
         pairing = h.pairing(client)
-        enrollment = h.ok(h.enroll(client, course["id"], h.user(client)["id"]))
+        user = h.user(client)
+        enrollment = h.ok(h.enroll(client, course["id"], user["id"], state="inactive"))
     return {
         "course_id": course["id"],
         "section_id": section["id"],
         "pairing": pairing["id"],
         "enrollment": enrollment["id"],
+        "user_id": user["id"],
     }
 
 
@@ -56,7 +58,7 @@ KNOWN_IDS: dict[str, Any] = {}
 
 
 def _valid(name: str, value: Any) -> bool:
-    if name == "account_id":
+    if name in ("account_id", "user_id"):
         return isinstance(value, str) and (value == "self" or value.isdigit())
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
 
@@ -72,6 +74,7 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
         "account_id": "self",
         "course_id": KNOWN_IDS["course_id"],
         "section_id": KNOWN_IDS["section_id"],
+        "user_id": str(KNOWN_IDS["user_id"]),
         "id": KNOWN_IDS["pairing" if pairing else "enrollment"],
     }
     swapped = {

@@ -27,6 +27,8 @@ UI_ACCEPT = "application/json+canvas-string-ids, application/json"
 STRING_IDS = {"Accept": UI_ACCEPT}
 PAIRINGS = "/accounts/self/temporary_enrollment_pairings"
 ID_KEY = re.compile(r"(^|_)id$")
+# Keys Canvas's stringify rule matches whose values are strings to begin with (a user's logins).
+STRING_VALUED_IDS = {"login_id", "sis_user_id", "integration_id"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,9 +130,10 @@ def assert_string_ids(numbers: Any, strings: Any) -> None:
     assert found, strings
     for key, value in found:
         assert value is None or isinstance(value, str), (key, value, strings)
-    assert all(value is None or isinstance(value, int) for _key, value in id_values(numbers)), (
-        numbers
-    )
+    assert all(
+        value is None or isinstance(value, int) or key in STRING_VALUED_IDS
+        for key, value in id_values(numbers)
+    ), numbers
     assert strings == stringify_ids(numbers)
 
 
@@ -150,6 +153,10 @@ def test_every_answer_has_string_ids_when_asked_and_numbers_otherwise(world: Wor
             "/accounts/self",
             f"/courses/{course['id']}",
             f"/courses/{course['id']}/enrollments",
+            f"/users/{recipient['id']}/enrollments?include[]=temporary_enrollment_providers",
+            f"/users/{recipient['id']}/enrollments?temporary_enrollments_for_recipient=true",
+            "/accounts/self/roles",
+            "/accounts/self/users",
             PAIRINGS,
             f"{PAIRINGS}/new",
             f"{PAIRINGS}/{pairing['id']}",
@@ -355,6 +362,17 @@ def write_calls(world: World, client: httpx.Client) -> dict[str, Callable[[], No
         url = f"/courses/{course['id']}/enrollments/{made['id']}"
         assert h.ok(client.delete(url, params={"task": "delete"}))["enrollment_state"] == "deleted"
 
+    def reactivate_enrollment() -> None:
+        made = h.ok(h.enroll(client, course["id"], h.user(client)["id"], state="inactive"))
+        url = f"/courses/{course['id']}/enrollments/{made['id']}/reactivate"
+        assert h.ok(client.put(url))["enrollment_state"] == "active"
+
+    def create_admin() -> None:
+        someone = h.user(client)
+        query = {"user_id": str(someone["id"]), "role": "AccountAdmin"}
+        made = h.ok(client.post("/accounts/self/admins", params=query))
+        assert (made["user"]["id"], made["role"]) == (someone["id"], "AccountAdmin")
+
     return {
         "POST /api/v1/accounts/{account_id}/temporary_enrollment_pairings": create_pairing,
         "DELETE /api/v1/accounts/{account_id}/temporary_enrollment_pairings/{id}": delete_pairing,
@@ -364,6 +382,8 @@ def write_calls(world: World, client: httpx.Client) -> dict[str, Callable[[], No
         "POST /api/v1/courses/{course_id}/enrollments": create_course_enrollment,
         "POST /api/v1/sections/{section_id}/enrollments": create_section_enrollment,
         "DELETE /api/v1/courses/{course_id}/enrollments/{id}": delete_enrollment,
+        "PUT /api/v1/courses/{course_id}/enrollments/{id}/reactivate": reactivate_enrollment,
+        "POST /api/v1/accounts/{account_id}/admins": create_admin,
     }
 
 
