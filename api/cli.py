@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
 
-from models import transaction
+from models import transaction, utcnow
+from tasks.lifecycle import LifecycleError, iso
 from worker import runtime
 
 if TYPE_CHECKING:  # `tep sweep` and friends should not pay for importing the web stack
     from fastapi import FastAPI
+
+    from models import ApiToken
 
 token_cli = typer.Typer(help="API tokens.", no_args_is_help=True)
 
@@ -28,6 +35,9 @@ def app_from_settings() -> FastAPI:
         runtime.session_factory(),
         webhook_urls=settings.webhook_url_list,
         canvas_tables=settings.canvas_tables,
+        public_url=settings.public_url or None,
+        max_body_bytes=settings.max_body_bytes,
+        metrics_token=settings.metrics_token or None,
     )
 
 
@@ -35,6 +45,20 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    proxy_headers: Annotated[
+        bool,
+        typer.Option(
+            "--proxy-headers/--no-proxy-headers",
+            help="Believe X-Forwarded-For and X-Forwarded-Proto from the addresses of "
+            "--forwarded-allow-ips (a reverse proxy in front). Off: the peer is the client.",
+        ),
+    ] = False,
+    forwarded_allow_ips: Annotated[
+        str,
+        typer.Option(
+            help="With --proxy-headers: the proxies' addresses (comma-separated; CIDR allowed)."
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Serve the Canvas-compatible REST API (run `tep db upgrade` first)."""
     import uvicorn
@@ -48,7 +72,10 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        proxy_headers=True,
+        # Forwarded headers are the client's to write unless a proxy we know overwrites them:
+        # trusted only when asked for, and only from the proxies named.
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 
@@ -64,6 +91,13 @@ def create_token(
             "'url:GET|/api/v1/accounts/:account_id/temporary_enrollment_pairings' (repeatable).",
         ),
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in",
+            help="The token stops working after this long: 90d, 12h, 30m, 2w (default: never).",
+        ),
+    ] = None,
 ) -> None:
     """Create an API token; prints it once, alone on the last line. Only its hash is stored.
 
@@ -74,6 +108,7 @@ def create_token(
     from api.auth import create_token as store_token
     from tasks.permissions import is_admin
 
+    expires_at = token_expiry(expires_in) if expires_in is not None else None
     with transaction(runtime.session_factory()) as session:
         token, secret = store_token(
             session,
@@ -81,12 +116,14 @@ def create_token(
             user_id=user,
             scopes=scope or (),
             known_scopes=known_scopes(),
+            expires_at=expires_at,
         )
         admin = is_admin(session, user, account)
     scopes = ", ".join(scope) if scope else "every endpoint of the account"
+    expiry = f"expires {iso(expires_at)}" if expires_at else "never expires"
     err.print(
         f"token {token.id} ({token.token_hint}...) for user {user} in account {account}; "
-        f"scopes: {scopes}. It is shown only now.",
+        f"scopes: {scopes}; {expiry}. It is shown only now.",
         highlight=False,
         soft_wrap=True,
     )
@@ -99,3 +136,83 @@ def create_token(
             soft_wrap=True,
         )
     print(secret)
+
+
+def token_expiry(text: str) -> dt.datetime:
+    """`--expires-in`: now plus a duration (`90d`); LifecycleError (one line, exit 2) for one
+    that is not a duration or ends past the year 9999."""
+    from worker.notify_settings import parse_duration
+
+    try:
+        return utcnow() + parse_duration(text)
+    except ValueError as error:
+        raise LifecycleError(f"--expires-in: {error}") from None
+    except OverflowError:
+        raise LifecycleError(f"--expires-in {text.strip()!r} is too long") from None
+
+
+def _state(token: ApiToken, now: dt.datetime) -> str:
+    from api.auth import REVOKED
+
+    if token.workflow_state == REVOKED:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    return token.workflow_state
+
+
+@token_cli.command("list")
+def list_tokens(
+    account: Annotated[int, typer.Option("--account", help="Root account id.")],
+    all_: Annotated[bool, typer.Option("--all", help="Revoked tokens too.")] = False,
+) -> None:
+    """The account's tokens: id, hint (the first characters of the secret), user, scopes,
+    created, last used (to the minute), expiry, state. Secrets are never shown: only their
+    hashes are stored."""
+    from api.auth import REVOKED
+    from models import ApiToken
+    from tasks.lifecycle import require_root_account
+
+    now = utcnow()
+    table = Table(title=f"API tokens of account {account}", title_justify="left")
+    for column in ("id", "hint", "user", "scopes", "created", "last used", "expires", "state"):
+        table.add_column(column, no_wrap=column != "scopes")
+    with transaction(runtime.session_factory(), commit=False) as session:
+        require_root_account(session, account)
+        stmt = select(ApiToken).where(ApiToken.root_account_id == account).order_by(ApiToken.id)
+        if not all_:
+            stmt = stmt.where(ApiToken.workflow_state != REVOKED)
+        for token in session.scalars(stmt):
+            table.add_row(
+                str(token.id),
+                f"{token.token_hint}...",
+                str(token.user_id),
+                ", ".join(json.loads(token.scopes)) if token.scopes else "(all)",
+                iso(token.created_at),
+                iso(token.last_used_at) if token.last_used_at else "never",
+                iso(token.expires_at) if token.expires_at else "never",
+                _state(token, now),
+            )
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: no 80-column wrapping
+        console = Console(width=200)
+    console.print(table)
+
+
+@token_cli.command("revoke")
+def revoke(
+    which: Annotated[
+        str, typer.Argument(metavar="HINT|ID", help="The token's id or hint (tep token list).")
+    ],
+) -> None:
+    """Revoke a token: it is refused (401) from the next request on."""
+    from api.auth import revoke_token
+
+    with transaction(runtime.session_factory()) as session:
+        token = revoke_token(session, which.strip())
+        err.print(
+            f"revoked token {token.id} ({token.token_hint}...) of user {token.user_id} in "
+            f"account {token.root_account_id}",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -9,14 +9,34 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Path
+from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Caller, CallerDep
 from api.db import DatabaseDep
 from api.errors import ErrorBody, forbidden, not_found
-from api.params import MAX_ID
+from api.params import MAX_ID, cut, is_ascii_integer
 from models import DUMMY_ROOT_ACCOUNT_ID, Account, Course, CourseSection, Pseudonym, User
+
+
+def _path_id(what: str, *, self_allowed: bool = False) -> BeforeValidator:
+    """The check of an id in a path, before FastAPI's own: ASCII digits only (FastAPI's integer
+    parsing takes `1_000`, `12.0` and ` 12`), and a number no id can have (0, or beyond the
+    64-bit ids Canvas's tables hold) names nothing: a 404, as Canvas answers an unknown id,
+    never a database error. Anything else that is not an id is a 400 (a ValueError here)."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or (self_allowed and value == "self"):
+            return value
+        if not is_ascii_integer(value):
+            raise ValueError("must be an id in ASCII digits" + (" or self" if self_allowed else ""))
+        if not 1 <= int(value) <= MAX_ID:
+            raise not_found(f"no {what} with id {cut(value)}")
+        return value
+
+    return BeforeValidator(check)
+
 
 AccountIdPath = Annotated[
     str,
@@ -25,11 +45,28 @@ AccountIdPath = Annotated[
         pattern=r"^(self|[0-9]{1,19})$",
         examples=["self"],
     ),
+    _path_id("account", self_allowed=True),
 ]
 
 
 def id_path(what: str) -> Any:
     return Path(description=f"The {what}'s id.", ge=1, le=MAX_ID)
+
+
+def valid_id(what: str) -> Any:
+    """With :func:`id_path`, after it: `Annotated[int, id_path("course"), valid_id("course")]`
+    (in this order, or the document loses the id's minimum and maximum)."""
+    return _path_id(what)
+
+
+CourseIdPath = Annotated[int, id_path("course"), valid_id("course")]
+SectionIdPath = Annotated[int, id_path("section"), valid_id("section")]
+EnrollmentIdPath = Annotated[int, id_path("enrollment"), valid_id("enrollment")]
+
+
+def user_id_path() -> Any:
+    """The check of a user id in a path (`self` or an id), after its `Path(...)`."""
+    return _path_id("user", self_allowed=True)
 
 
 ERROR_DESCRIPTIONS = {

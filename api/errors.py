@@ -80,6 +80,20 @@ def unprocessable(message: str) -> ApiError:
     return ApiError(422, message)
 
 
+# The longest message an answer carries. Messages cut the client's values they repeat to a short
+# prefix where they are written (api/params.py `echo`); this bounds the rest, so no message can
+# grow with what a client sent.
+MAX_MESSAGE = 1000
+
+
+def _safe(message: str) -> str:
+    """A message fit for a JSON answer: at most MAX_MESSAGE characters, and encodable (a lone
+    surrogate from a client's JSON would make the encoder raise)."""
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "…"
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_response(
     status: int,
     messages: Sequence[str],
@@ -87,7 +101,7 @@ def error_response(
     status_text: str | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"status": status_text} if status_text is not None else {}
-    body["errors"] = [{"message": message} for message in messages]
+    body["errors"] = [{"message": _safe(message)} for message in messages]
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -104,7 +118,10 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    messages = [f"{_location(item['loc'])}: {item['msg']}" for item in exc.errors()]
+    messages = [
+        f"{_location(item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
+        for item in exc.errors()
+    ]
     return error_response(400, messages or ["invalid request"])
 
 

@@ -2,11 +2,16 @@
 
 Canvas clients follow the `next` link as given, without adding their parameters again, so every
 link repeats the request's query string with only `page` and `per_page` replaced.
+
+A link is built from the configured public URL (`TEP_PUBLIC_URL`), or is relative (the path and
+query alone) when none is configured: never from the request's `Host` header, which the client
+chose and a cache or a victim's client would follow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, TypeVarTuple
 
@@ -15,7 +20,7 @@ from sqlalchemy import Row, Select, func, select
 from sqlalchemy.orm import Session
 
 from api.errors import bad_request
-from api.params import Field, Params
+from api.params import Field, Params, echo, is_ascii_integer
 
 Ts = TypeVarTuple("Ts")
 
@@ -57,8 +62,13 @@ def _positive(params: Params, name: str, default: int, maximum: int | None) -> i
     if value is None or value == "":
         return default
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or len(text) > 12 or int(text) < 1:
-        raise bad_request(f"{name} must be a positive integer, not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not is_ascii_integer(text)  # `str.isdigit` is true of `²`, which `int` refuses
+        or len(text) > 12
+        or int(text) < 1
+    ):
+        raise bad_request(f"{name} must be a positive integer in ASCII digits, not {echo(value)}")
     number = int(text)
     if maximum is not None and number > maximum:
         raise bad_request(f"{name} must be at most {maximum}")
@@ -84,6 +94,20 @@ def paginate(
     return rows
 
 
+def public_base(request: Request) -> str:
+    """What absolute URLs of this API start with: the configured public URL, or `""` (links are
+    then relative to the request's own URL)."""
+    base: str = getattr(request.app.state, "public_url", None) or ""
+    return base
+
+
+def page_url(request: Request, **params: int) -> str:
+    """The request's own path and query, with `params` replaced, after the public base."""
+    path = urllib.parse.quote(request.scope.get("root_path", "") + request.scope["path"])
+    query = request.url.include_query_params(**params).query
+    return f"{public_base(request)}{path}?{query}"
+
+
 def link_header(request: Request, page: Page, total: int) -> str:
     last = max(1, -(-total // page.per_page))
     rels: list[tuple[str, int]] = [("current", page.number)]
@@ -93,6 +117,6 @@ def link_header(request: Request, page: Page, total: int) -> str:
         rels.append(("prev", min(page.number - 1, last)))
     rels += [("first", 1), ("last", last)]
     return ",".join(
-        f'<{request.url.include_query_params(page=number, per_page=page.per_page)}>; rel="{rel}"'
+        f'<{page_url(request, page=number, per_page=page.per_page)}>; rel="{rel}"'
         for rel, number in rels
     )

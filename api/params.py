@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
@@ -26,10 +27,20 @@ from api.errors import bad_request
 MAX_ID = 2**63 - 1
 # Canvas's string columns are varchar(255).
 MAX_STRING = 255
+# How much of a client's value an error message repeats: enough to recognise it, never the
+# megabyte a client sent (the whole answer would be the value again).
+ECHO_LIMIT = 100
 
-_NAME = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_NAME = re.compile(r"([^\[\]]+)((?:\[[^\[\]]*\])*)")
 _SUBKEY = re.compile(r"\[([^\[\]]*)\]")
-_INTEGER = re.compile(r"^[+-]?\d{1,19}$")
+# ASCII digits only: `\d` and `int()` also take Unicode digits (Arabic-Indic, fullwidth),
+# and `int("²")` raises where `"²".isdigit()` is true.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+ASCII_DIGITS = re.compile(r"[0-9]+")
+# Characters no name, login, address or other text parameter may hold: control characters
+# (C0, DEL, C1; a line break would split a mail header, a NUL cuts a C string) and Unicode's
+# line and paragraph separators, which some readers treat as line breaks too.
+_FORBIDDEN_CATEGORIES = ("Cc", "Zl", "Zp")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
@@ -38,7 +49,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 def split_name(name: str) -> list[str]:
     """`enrollment[user_id]` -> `["enrollment", "user_id"]`; `state[]` -> `["state", ""]`."""
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)
     if match is None:
         return [name]
     return [match.group(1), *_SUBKEY.findall(match.group(2))]
@@ -87,9 +98,27 @@ def _merge(target: dict[str, Any], source: dict[str, Any]) -> None:
 
 
 def display(path: Sequence[str]) -> str:
-    """The Rails name of a parameter path, as the client wrote it."""
+    """The Rails name of a parameter path, as the client wrote it (cut to a short prefix: the
+    names come from the client too)."""
     head, *rest = path
-    return head + "".join(f"[{part}]" for part in rest)
+    return cut(head + "".join(f"[{part}]" for part in rest))
+
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text`, or its first `limit` characters and an ellipsis."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def echo(value: Any) -> str:
+    """A client's value as an error message repeats it: its repr, cut to a short prefix."""
+    if isinstance(value, str) and len(value) > ECHO_LIMIT:
+        value = value[: ECHO_LIMIT + 1]  # repr of a prefix: never of the whole value
+    return cut(repr(value))
+
+
+def is_ascii_integer(text: str) -> bool:
+    """Whether `text` is a number written in ASCII digits alone (`"12"`, not `"١٢"` or `"²"`)."""
+    return ASCII_DIGITS.fullmatch(text) is not None
 
 
 def nest(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
@@ -110,7 +139,7 @@ async def read_params(request: Request) -> Params:
             form = await request.form()
             for name, value in form.multi_items():
                 if isinstance(value, UploadFile):
-                    raise bad_request(f"parameter {name}: file uploads are not accepted here")
+                    raise bad_request(f"parameter {cut(name)}: file uploads are not accepted here")
                 pairs.append((name, value))
         elif content_type == "application/json" or content_type.endswith("+json"):
             try:
@@ -122,7 +151,7 @@ async def read_params(request: Request) -> Params:
             json_body = parsed
         else:
             raise bad_request(
-                f"Content-Type {content_type or '(none)'} is not supported: send "
+                f"Content-Type {cut(content_type) or '(none)'} is not supported: send "
                 "application/json or application/x-www-form-urlencoded"
             )
     data = nest(pairs)
@@ -188,7 +217,7 @@ class Params:
             return True
         if text in _FALSE:
             return False
-        raise bad_request(f"parameter {display(path)} must be true or false, not {value!r}")
+        raise bad_request(f"parameter {display(path)} must be true or false, not {echo(value)}")
 
     def moment(self, *path: str, required: bool = False) -> dt.datetime | None:
         value = self._scalar(path, required)
@@ -215,11 +244,13 @@ def check_string(
     name: str, value: str, *, choices: Sequence[str] | None = None, max_length: int = MAX_STRING
 ) -> str:
     if choices is not None and value not in choices:
-        raise bad_request(f"{name} {value!r} is not accepted; use one of: {', '.join(choices)}")
+        raise bad_request(f"{name} {echo(value)} is not accepted; use one of: {', '.join(choices)}")
     if len(value) > max_length:
         raise bad_request(f"{name} is longer than {max_length} characters")
     if "\x00" in value:
         raise bad_request(f"{name} must not contain NUL characters")
+    if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in value):
+        raise bad_request(f"{name} must not contain control characters or line breaks")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -232,10 +263,10 @@ def parse_integer(name: str, value: Any) -> int:
         raise bad_request(f"{name} must be an integer")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and _INTEGER.match(value.strip()):
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         number = int(value.strip())
     else:
-        raise bad_request(f"{name} must be an integer, not {value!r}")
+        raise bad_request(f"{name} must be an integer in ASCII digits, not {echo(value)}")
     if not 1 <= number <= MAX_ID:
         raise bad_request(f"{name} must be an id between 1 and {MAX_ID}")
     return number
@@ -249,14 +280,14 @@ def parse_moment(name: str, value: Any) -> dt.datetime:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
         raise bad_request(
-            f"{name} {value!r} is not an ISO 8601 date-time (e.g. 2026-11-26T14:00:00Z)"
+            f"{name} {echo(value)} is not an ISO 8601 date-time (e.g. 2026-11-26T14:00:00Z)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     try:
         return moment.astimezone(dt.UTC)
     except OverflowError:
-        raise bad_request(f"{name} {value!r} is out of range") from None
+        raise bad_request(f"{name} {echo(value)} is out of range") from None
 
 
 # --------------------------------------------------------------------------------------------

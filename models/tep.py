@@ -123,6 +123,25 @@ class EnrollmentDeadline(Base):
     end_at: Mapped[dt.datetime | None]
 
 
+class ExpiryTimer(Base):
+    """A sweep scheduled for one second (tasks/timers.py): the claim that makes each second's
+    timer be sent once, however many beats, workers or API processes see it due.
+
+    `due_at` is the whole second (the key: at most one timer a second); `fire_at` is when its
+    sweep runs, the latest `end_at` of that second seen so far, so the sweep covers every
+    enrollment of the second that it knows of; `claimed_until` is when the claim lapses and
+    another process may claim the second again (after its moment: see tasks/timers.py). A row
+    is only a claim, never work: a lost or doubled timer costs lateness or an idle sweep.
+    """
+
+    __tablename__ = "temporary_enrollment_timers"
+    __table_args__ = (SCHEMA,)
+
+    due_at: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    fire_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+    claimed_until: Mapped[dt.datetime] = mapped_column(nullable=False)
+
+
 class DiscoveryCursor(Base):
     """How far the sweep's discovery has read Canvas's enrollments (by id); one row."""
 
@@ -131,6 +150,8 @@ class DiscoveryCursor(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_enrollment_id: Mapped[int] = mapped_column(BigId, nullable=False, default=0)
+    # Up to when Canvas's date triggers (`enrollment_states.state_valid_until`) have been read.
+    last_probed_at: Mapped[dt.datetime | None]
     updated_at: Mapped[Updated]
 
 

@@ -10,10 +10,10 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from models import transaction, utcnow
-from tasks import lifecycle
+from tasks import lifecycle, timers
 from worker import runtime
 from worker.settings import get_settings
 
@@ -24,6 +24,8 @@ log = logging.getLogger("tep.tasks")
 RETRY_ON = (OperationalError, DBAPIError)
 MAX_RETRIES = 8
 RETRY_BACKOFF_MAX_SECONDS = 120
+# The interval sweep sent by beat; after its sweep it looks ahead for timers (tasks/timers.py).
+TRIGGER_BEAT = "beat"
 
 
 def parse_as_of(value: str | None) -> dt.datetime | None:
@@ -50,17 +52,47 @@ def expire_due_pairings(
     dry_run: bool = False,
     account_id: int | None = None,
     trigger: str = "celery",
+    not_before: str | None = None,
 ) -> dict[str, Any]:
-    """Expire every temporary enrollment due at `as_of` (default: now); returns the run summary."""
+    """Expire every temporary enrollment due at `as_of` (default: now); returns the run summary.
+
+    A timer (trigger `timer`) passes its moment as `not_before` and is never run before it. The
+    beat's interval sweep then looks ahead and schedules the timers of its horizon."""
+    if not_before is not None:
+        moment = parse_as_of(not_before)
+        if moment is not None:
+            timers.wait_for(moment)
+    factory = runtime.session_factory()
     summary = lifecycle.run_sweep(
-        runtime.session_factory(),
+        factory,
         as_of=parse_as_of(as_of),
         dry_run=bool(dry_run),
         account_id=account_id,
         batch_size=get_settings().batch_size,
         trigger=trigger,
     )
-    return summary.to_json()
+    result = summary.to_json()
+    if trigger == TRIGGER_BEAT and as_of is None and not dry_run and account_id is None:
+        try:
+            scheduled = timers.look_ahead(factory, expire_due_pairings.app, as_of=summary.as_of)
+        except SQLAlchemyError as error:  # the sweep is done; the next tick looks again
+            log.warning("timers: could not look ahead: %s", str(error).splitlines()[0])
+        else:
+            result["timers_scheduled"] = len(scheduled)
+    return result
+
+
+@shared_task(
+    name="tasks.remake_timers",
+    autoretry_for=RETRY_ON,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX_SECONDS,
+    max_retries=MAX_RETRIES,
+)
+def remake_timers() -> dict[str, Any]:
+    """Sent when a worker starts: make again the timers a killed worker took with it."""
+    scheduled = timers.remake(runtime.session_factory(), remake_timers.app)
+    return {"timers_scheduled": len(scheduled)}
 
 
 @shared_task(

@@ -39,13 +39,16 @@ from models import (
     utcnow,
 )
 from tasks import lifecycle, webhooks
+from worker.notify_settings import receiver_label, receiver_labels
 
 log = logging.getLogger("tep.metrics")
 
-# Lateness buckets (seconds from an enrollment's end_at to its change): the interval sweep keeps
-# it under a minute or two; the long buckets show a stopped worker or a nightly-only setup.
+# Lateness buckets (seconds from an enrollment's end_at to its change). Timers (tasks/timers.py)
+# keep it under a second, so the buckets resolve 0.1 s up to 2 minutes (a timer lost and the
+# interval sweep catching up: up to one interval, 60 s by default); the long ones show a stopped
+# worker or a nightly-only setup.
 LATENESS_BUCKETS: tuple[float, ...] = (
-    1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 86400,
+    0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 86400,
 )  # fmt: skip
 # The last runs whose skipped pairings are reported as currently skipped.
 RECENT_RUNS = 1
@@ -195,7 +198,10 @@ class LifecycleCollector(Collector):
         yield now_skipped
 
     def _lateness(self, session: Session) -> Metric:
-        lateness = seconds_between(session, Enrollment.end_at, StateChange.created_at).label("s")
+        # Never below zero: an expiry is never early (`end_at <= as_of`), but a restore with
+        # --end-at moves `end_at` past the change that expired the enrollment before.
+        raw = seconds_between(session, Enrollment.end_at, StateChange.created_at)
+        lateness = case((raw < 0, 0.0), else_=raw).label("s")
         late = (
             select(lateness)
             .join(Enrollment, Enrollment.id == StateChange.context_id)
@@ -231,9 +237,12 @@ class LifecycleCollector(Collector):
             "Undelivered events that have failed at least once (waiting for a retry).",
             labels=["receiver"],
         )
+        # Named without userinfo or query string: scrapes are not for the receivers' secrets.
+        labels = receiver_labels(self.webhook_urls)
         for url, counts in webhooks.undelivered_counts(session, self.webhook_urls).items():
-            undelivered.add_metric([url], counts["undelivered"])
-            failing.add_metric([url], counts["failing"])
+            label = labels.get(url) or receiver_label(url)
+            undelivered.add_metric([label], counts["undelivered"])
+            failing.add_metric([label], counts["failing"])
         yield undelivered
         yield failing
         notices = GaugeMetricFamily(

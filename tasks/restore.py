@@ -34,7 +34,7 @@ from models import (
     StateChange,
     TemporaryEnrollmentPairing,
 )
-from tasks import canvas_callbacks, deadlines
+from tasks import canvas_callbacks, deadlines, timers
 from tasks.events import REASON_CREATED
 from tasks.lifecycle import (
     ENROLLMENT,
@@ -183,6 +183,7 @@ def restore_pairing(
     restored_ids = [c.context_id for c in enrollment_rows]
     canvas_callbacks.sync_enrollments(session, restored_ids, as_of)
     deadlines.track(session, restored_ids)
+    timers.schedule_enrollments_after_commit(session, restored_ids)  # an end_at due soon
 
     connection.execute(
         insert(StateChange),

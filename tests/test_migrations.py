@@ -53,7 +53,7 @@ from tasks import lifecycle
 from tests import services
 
 LEGACY_REVISION = "0002"
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 # --------------------------------------------------------------------------------------------

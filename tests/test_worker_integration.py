@@ -136,4 +136,5 @@ def test_beat_ends_due_pairings_without_anyone_calling(
     enrollment = pg_session.get(Enrollment, soon_enrollments[0].id)
     assert enrollment is not None and enrollment.workflow_state == "deleted"
     runs = pg_session.scalars(select(SweepRun.trigger)).all()
-    assert set(runs) == {"beat"}
+    # Beat's ticks, and the timer its look-ahead may have set for the soon one (tasks/timers.py).
+    assert "beat" in runs and set(runs) <= {"beat", "timer"}

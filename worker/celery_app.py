@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from worker import runtime
 from worker.events import events_beat_schedule
-from worker.settings import Settings, parse_cron
+from worker.settings import REDELIVERING_BROKERS, Settings, parse_cron
 
 SWEEP_TASK = "tasks.expire_due_pairings"
+REMAKE_TIMERS_TASK = "tasks.remake_timers"
+
+log = logging.getLogger("tep.worker")
+
+# A process that only sends tasks (the API scheduling a timer) gives up on an unreachable broker
+# after this long instead of holding up its request; the next tick schedules what it could not.
+PRODUCER_CONNECT_TIMEOUT_SECONDS = 2.0
 
 # Under an orchestrator's usual 30 s grace period (README, "Operating").
 SOFT_SHUTDOWN_SECONDS = 20.0
@@ -56,7 +65,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     # Only Redis (and SQS) redeliver unacknowledged messages after a visibility timeout; other
     # transports reject the option.
-    if settings.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+    if settings.broker_url.startswith(REDELIVERING_BROKERS):
         visibility = settings.visibility_timeout_seconds
         return {
             "visibility_timeout": visibility,
@@ -115,6 +124,54 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+@lru_cache(maxsize=1)
+def producer_app() -> Celery:
+    """This process's :func:`make_producer`, from its settings."""
+    from worker.settings import get_settings
+
+    return make_producer(get_settings())
+
+
+def make_producer(settings: Settings) -> Celery:
+    """The app of a process that only sends tasks (the API's timers, tasks/timers.py): the
+    worker's own configuration (broker, queue, serializer), with short connection timeouts."""
+    app = create_app(settings)
+    options = dict(app.conf.broker_transport_options or {})
+    if settings.broker_url.startswith(REDELIVERING_BROKERS):
+        # redis-py waits for the operating system's connect timeout (minutes) by default.
+        options.update(
+            socket_connect_timeout=PRODUCER_CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=PRODUCER_CONNECT_TIMEOUT_SECONDS,
+        )
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_timeout=PRODUCER_CONNECT_TIMEOUT_SECONDS,
+        # It never reads a result; without this, sending would open the result backend (an
+        # SQLite file in the working folder by default, or a Redis reply subscription).
+        result_backend="disabled",
+    )
+    return app
+
+
 @worker_process_init.connect
 def _fresh_pool_after_fork(**_: Any) -> None:
     runtime.reset()
+
+
+@worker_ready.connect
+def _remake_timers(sender: Any = None, **_: Any) -> None:
+    """A starting worker has the timers a killed one took with it made again (tasks/timers.py):
+    by a task, so that the pool does the database work, not the consumer's start-up."""
+    from worker.settings import get_settings
+
+    if get_settings().timer_horizon_seconds is None:
+        return
+    app = getattr(sender, "app", None)
+    if app is None:
+        from worker import get_app
+
+        app = get_app()
+    try:
+        app.send_task(REMAKE_TIMERS_TASK)
+    except Exception as error:  # the next tick looks ahead anyway
+        log.warning("could not ask for the timers to be made again: %s", error)

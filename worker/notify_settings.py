@@ -54,6 +54,33 @@ def parse_webhook_urls(text: str) -> list[str]:
     return urls
 
 
+def receiver_label(url: str) -> str:
+    """A webhook receiver as metrics and logs name it: scheme, host, port and path, without the
+    userinfo, query string or fragment, where receivers keep credentials and tokens."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def receiver_labels(urls: list[str]) -> dict[str, str]:
+    """Each receiver's label; receivers that would share one (the same URL with other
+    credentials or query) get their position in TEP_WEBHOOK_URLS after it (`#2`), so every
+    receiver keeps a series of its own."""
+    labels = {url: receiver_label(url) for url in urls}
+    shared = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+    for position, url in enumerate(urls, start=1):
+        if labels[url] in shared:
+            labels[url] = f"{labels[url]} #{position}"
+    return labels
+
+
 def parse_smtp_url(text: str) -> SmtpConfig:
     parsed = urllib.parse.urlsplit(text)
     if parsed.scheme not in SMTP_DEFAULT_PORTS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import urllib.parse
 import zoneinfo
 from functools import lru_cache
 from typing import Literal
@@ -25,6 +26,9 @@ DEFAULT_DATABASE_URL = "sqlite:///tep.sqlite"
 # kombu's SQLAlchemy transport: a broker in an SQLite file, so nothing else needs to run.
 DEFAULT_BROKER_URL = "sqla+sqlite:///tep-broker.sqlite"
 DEFAULT_RESULT_BACKEND = "db+sqlite:///tep-results.sqlite"
+# Brokers that hand an unacknowledged message to another worker after the visibility timeout
+# (kombu's Redis transport); the others (the SQLite default) keep it until its worker is gone.
+REDELIVERING_BROKERS = ("redis://", "rediss://", "sentinel://")
 
 
 class SettingsError(Exception):
@@ -82,6 +86,13 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: float = Field(default=3600, ge=1)
     # Deliveries of one late-acknowledged message before it is refused (worker/delivery.py).
     max_deliveries: int = Field(default=3, ge=1)
+    # Timers (tasks/timers.py): each interval sweep looks `interval + margin` seconds ahead and
+    # schedules a sweep (a Celery ETA) at each second something falls due in that horizon, so
+    # expiry comes at end_at, not at the next tick. Off: expiry waits for the next tick. The
+    # margin covers a tick that runs late, so consecutive horizons overlap instead of leaving a
+    # gap. Timers need the interval sweep (TEP_SWEEP_INTERVAL_SECONDS > 0): it looks ahead.
+    timers: bool = True
+    timer_margin_seconds: float = Field(default=5, ge=0, le=3600, validate_default=True)
 
     # Events and notices (DESIGN.md section 5); parsed and checked by worker/notify_settings.py.
     webhook_urls: str = ""  # comma-separated; none by default
@@ -94,6 +105,14 @@ class Settings(BaseSettings):
     notify_interval_seconds: float = Field(default=300, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no worker endpoint
 
+    # The API (api/app.py). Requests with a larger body are a 413 before they are read.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # What clients reach the API at (`https://tep.example.edu`, a path prefix allowed): links
+    # and redirects start with it; unset, they are relative (never built from the Host header).
+    public_url: str = ""
+    # The bearer token Prometheus sends to the API's /metrics; unset: the API serves none.
+    metrics_token: str = ""
+
     @model_validator(mode="after")
     def _schemas_apart(self) -> Settings:
         if self.canvas_schema == self.tep_schema:
@@ -102,6 +121,37 @@ class Settings(BaseSettings):
                 "tep's tables are kept apart from Canvas's"
             )
         return self
+
+    @field_validator("timer_margin_seconds")
+    @classmethod
+    def _timer_horizon(cls, value: float, info: ValidationInfo) -> float:
+        """The horizon must stay well inside the broker's visibility timeout: a timer waits up to
+        the horizon for its moment, then runs up to the hard time limit (half the timeout, see
+        worker/celery_app.py) before it is acknowledged, and Redis hands a message that stayed
+        unacknowledged longer than the timeout to another worker. So horizon < timeout / 2."""
+        interval = info.data.get("sweep_interval_seconds")
+        visibility = info.data.get("visibility_timeout_seconds")
+        broker = str(info.data.get("broker_url", ""))
+        if not info.data.get("timers") or not interval or visibility is None:
+            return value
+        if not broker.startswith(REDELIVERING_BROKERS):
+            return value
+        horizon = interval + value
+        if horizon >= visibility / 2:
+            raise ValueError(
+                f"the timers' horizon (TEP_SWEEP_INTERVAL_SECONDS + TEP_TIMER_MARGIN_SECONDS = "
+                f"{horizon:g} s) must be under half of TEP_VISIBILITY_TIMEOUT_SECONDS "
+                f"({visibility:g} s), or Redis would hand a waiting timer to a second worker; "
+                "raise the timeout, shorten the interval, or set TEP_TIMERS=false"
+            )
+        return value
+
+    @property
+    def timer_horizon_seconds(self) -> float | None:
+        """How far each interval sweep looks ahead for timers; None when timers are off."""
+        if not self.timers or self.sweep_interval_seconds <= 0:
+            return None
+        return self.sweep_interval_seconds + self.timer_margin_seconds
 
     def schemas(self) -> Schemas:
         return Schemas(
@@ -136,6 +186,36 @@ class Settings(BaseSettings):
     @classmethod
     def _notify_before(cls, value: str) -> str:
         notify_settings.parse_thresholds(value)
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        parsed = urllib.parse.urlsplit(value)
+        if (
+            not value.isascii()  # it goes into headers: punycode a host, percent-encode a path
+            or not value.isprintable()
+            or " " in value
+            or parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or parsed.username is not None
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise ValueError(
+                "not a public base URL: http(s)://host[:port][/prefix], without user, query "
+                "or fragment"
+            )
+        return value.rstrip("/")
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: str) -> str:
+        if value and (len(value) < 32 or not value.isascii() or not value.isprintable()):
+            raise ValueError("use at least 32 printable ASCII characters (openssl rand -hex 32)")
         return value
 
     @field_validator("database_url")
@@ -196,7 +276,7 @@ def redact(value: object) -> object:
 
 
 # Never echoed back in an error line at all.
-_SECRET_SETTINGS = ("TEP_WEBHOOK_SECRET", "TEP_SMTP_URL")
+_SECRET_SETTINGS = ("TEP_WEBHOOK_SECRET", "TEP_SMTP_URL", "TEP_METRICS_TOKEN")
 
 
 def _one_line(error: ValidationError) -> str:

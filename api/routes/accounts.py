@@ -17,7 +17,7 @@ term and built-in roles: tasks/canvas_objects.py).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
@@ -28,11 +28,11 @@ from api.auth import CallerDep
 from api.authz import require_admin
 from api.context import (
     AccountIdPath,
+    CourseIdPath,
     canvas_owns,
     error_responses,
     find_account,
     find_course,
-    id_path,
     login_of,
 )
 from api.db import DatabaseDep
@@ -42,10 +42,13 @@ from api.pagination import LINK_HEADER_DOC, link_header, paginate, requested_pag
 from api.params import (
     BOOLEAN,
     DATE_TIME,
+    MAX_ID,
     Field,
     ParamsDep,
     documented,
+    echo,
     integer_schema,
+    is_ascii_integer,
     string_schema,
 )
 from api.routes.enrollments import TEMPORARY_SCOPE_COURSE_STATES, shown_state_sql
@@ -80,8 +83,10 @@ router = APIRouter(prefix="/api/v1")
 
 
 DEFAULT_COURSE_NAME = "Unnamed Course"  # what Canvas names a course created without a name
-# Deliberately loose: Canvas accepts any address with one @ and a dot in its domain.
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Deliberately loose: Canvas accepts any address with one @ and a dot in its domain. Matched
+# whole (`fullmatch`): with `^...$`, `$` also matches before a final line break, so
+# "a@b.example\n" passed and broke the header block of the mail sent to it.
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 COURSE_FIELDS = (
     Field("course[name]", string_schema(), f"The course's name (default {DEFAULT_COURSE_NAME})."),
@@ -163,9 +168,7 @@ def create_course(
     responses=error_responses(),
     tags=["Courses"],
 )
-def show_course(
-    course_id: Annotated[int, id_path("course")], caller: CallerDep, db: DatabaseDep
-) -> CourseJson:
+def show_course(course_id: CourseIdPath, caller: CallerDep, db: DatabaseDep) -> CourseJson:
     with transaction(db.read, commit=False) as session:
         course = find_course(session, caller, course_id)
         require_admin(session, caller, course.account_id)
@@ -182,7 +185,7 @@ def show_course(
     tags=["Sections"],
 )
 def create_section(
-    course_id: Annotated[int, id_path("course")],
+    course_id: CourseIdPath,
     caller: CallerDep,
     db: DatabaseDep,
     params: ParamsDep,
@@ -228,11 +231,13 @@ def create_user(
     sis_user_id = params.string("pseudonym", "sis_user_id")
     channel_type = params.string("communication_channel", "type", choices=("email",))
     address = params.string("communication_channel", "address")
-    if address is not None and not EMAIL.match(address):
-        raise bad_request(f"communication_channel[address] {address!r} is not an e-mail address")
+    if address is not None and not EMAIL.fullmatch(address):
+        raise bad_request(
+            f"communication_channel[address] {echo(address)} is not an e-mail address"
+        )
     if channel_type is not None and address is None:
         raise bad_request("communication_channel[type] needs communication_channel[address]")
-    emails = [a for a in dict.fromkeys([address, unique_id]) if a and EMAIL.match(a)]
+    emails = [a for a in dict.fromkeys([address, unique_id]) if a and EMAIL.fullmatch(a)]
 
     with transaction(db.write) as session:
         account = find_account(session, caller, account_id)
@@ -245,7 +250,7 @@ def create_user(
         )
         if taken is not None:
             raise bad_request(
-                f"pseudonym[unique_id] {unique_id!r} is already in use in this account"
+                f"pseudonym[unique_id] {echo(unique_id)} is already in use in this account"
             )
         user = User(
             name=name.strip(), sortable_name=sortable_name, uuid=canvas_objects.canvas_uuid()
@@ -265,7 +270,7 @@ def create_user(
         except IntegrityError:
             # Another request took the same login between our check and our insert.
             raise bad_request(
-                f"pseudonym[unique_id] {unique_id!r} is already in use in this account"
+                f"pseudonym[unique_id] {echo(unique_id)} is already in use in this account"
             ) from None
         return UserJson.of(user, login_of(session, user.id, root))
 
@@ -512,7 +517,8 @@ def _matches(search_term: str, root_account_id: int) -> ColumnElement[bool]:
         func.lower(CommunicationChannel.path).like(pattern, escape="\\"),
     )
     clauses = [func.lower(User.name).like(pattern, escape="\\"), login, email]
-    if search_term.isdigit() and len(search_term) <= 19:
+    # ASCII digits only (`int("²")` raises), and only an id a row can have (a bigint).
+    if is_ascii_integer(search_term) and 1 <= int(search_term) <= MAX_ID:
         clauses.append(User.id == int(search_term))
     return or_(*clauses)
 
@@ -541,7 +547,7 @@ def list_users(
     if (
         search_term is not None
         and len(search_term.strip()) < SEARCH_TERM_MIN
-        and not search_term.strip().isdigit()
+        and not is_ascii_integer(search_term.strip())
     ):
         raise bad_request(f"search_term: {SEARCH_TERM_MIN} or more characters is required")
     recipients = bool(params.boolean("temporary_enrollment_recipients"))

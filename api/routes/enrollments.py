@@ -33,11 +33,20 @@ from sqlalchemy.orm import Session
 
 from api.auth import Caller, CallerDep
 from api.authz import require_admin
-from api.context import error_responses, find_course, find_section, id_path, user_in_account
+from api.context import (
+    CourseIdPath,
+    EnrollmentIdPath,
+    SectionIdPath,
+    error_responses,
+    find_course,
+    find_section,
+    user_id_path,
+    user_in_account,
+)
 from api.db import Database, DatabaseDep
 from api.errors import ApiError, bad_request, not_found, unauthorized, unprocessable
 from api.pagination import FIELDS as PAGE_FIELDS
-from api.pagination import LINK_HEADER_DOC, paginate, requested_page
+from api.pagination import LINK_HEADER_DOC, paginate, public_base, requested_page
 from api.params import (
     BOOLEAN,
     DATE_TIME,
@@ -45,6 +54,7 @@ from api.params import (
     Params,
     ParamsDep,
     documented,
+    echo,
     integer_schema,
     string_schema,
 )
@@ -266,6 +276,7 @@ UserIdPath = Annotated[
         pattern=r"^(self|[0-9]{1,19})$",
         examples=["self"],
     ),
+    user_id_path(),
 ]
 
 
@@ -358,7 +369,8 @@ def render(
     """Canvas's `enrollment_json` of each: `html_url` to the user in the course, `user`, and
     `temporary_enrollment_provider` when asked for (`include[]=temporary_enrollment_providers`:
     the provider's user, unless deleted)."""
-    base = str(request.base_url).rstrip("/")
+    # From TEP_PUBLIC_URL (else a relative URL), never from the request's Host header.
+    base = public_base(request)
     root = shown[0].enrollment.root_account_id if shown else 0
     providers = INCLUDE_PROVIDERS in include
     wanted = {item.enrollment.user_id for item in shown}
@@ -464,7 +476,7 @@ def _role_and_type(session: Session, course: Course, params: Params) -> tuple[Ro
         enrollment_type = given_type or DEFAULT_TYPE
         if enrollment_type not in ENROLLMENT_TYPES:
             raise bad_request(
-                f"{INVALID_TYPE}: enrollment[type] {enrollment_type!r} is not accepted; use "
+                f"{INVALID_TYPE}: enrollment[type] {echo(enrollment_type)} is not accepted; use "
                 f"one of: {', '.join(ENROLLMENT_TYPES)}"
             )
         try:
@@ -647,7 +659,7 @@ ENROLLMENT_RESPONSE: dict[str, Any] = {"response_model_exclude_unset": True}
     **ENROLLMENT_RESPONSE,
 )
 def create_course_enrollment(
-    course_id: Annotated[int, id_path("course")],
+    course_id: CourseIdPath,
     caller: CallerDep,
     db: DatabaseDep,
     params: ParamsDep,
@@ -680,7 +692,7 @@ def create_course_enrollment(
     **ENROLLMENT_RESPONSE,
 )
 def create_section_enrollment(
-    section_id: Annotated[int, id_path("section")],
+    section_id: SectionIdPath,
     caller: CallerDep,
     db: DatabaseDep,
     params: ParamsDep,
@@ -708,7 +720,7 @@ def create_section_enrollment(
     **ENROLLMENT_RESPONSE,
 )
 def list_enrollments(
-    course_id: Annotated[int, id_path("course")],
+    course_id: CourseIdPath,
     caller: CallerDep,
     db: DatabaseDep,
     params: ParamsDep,
@@ -889,10 +901,16 @@ def _locked(session: Session, model: Any, id_: int) -> Any:
 
 
 def _lock_enrollment(
-    session: Session, course: Course, id_: int
+    session: Session, course: Course, id_: int, *, now: dt.datetime, run_id: str
 ) -> tuple[Enrollment, Pairing | None]:
     """The course's enrollment (not deleted: Canvas's `Course#enrollments`), locked, after its
-    pairing's row (the lock order of every writer)."""
+    pairing's row (the lock order of every writer), as the API shows it.
+
+    A write acts on what a read shows (the read-time rule): an enrollment shown `deleted` is
+    not found, as in Canvas, and nothing is written; one shown in another ending state before
+    the worker wrote it gets that state written first, as the sweep would write it (its
+    pairing settled in this request's run: reason `expired`), so the task then starts from the
+    state the client saw."""
     found = session.get(Enrollment, id_)
     if found is None or found.course_id != course.id:
         raise not_found(f"no enrollment with id {id_} in course {course.id}")
@@ -901,6 +919,14 @@ def _lock_enrollment(
     enrollment: Enrollment | None = _locked(session, Enrollment, id_)
     if enrollment is None or enrollment.workflow_state == "deleted":
         raise not_found(f"no enrollment with id {id_} in course {course.id}")
+    if pairing is not None:
+        shown = shown_state(session, enrollment, pairing, now)
+        if shown == "deleted":
+            raise not_found(f"no enrollment with id {id_} in course {course.id}")
+        if shown != enrollment.workflow_state:
+            lifecycle.settle_pairing(session, pairing.id, as_of=now, run_id=run_id)
+            session.refresh(pairing)
+            session.refresh(enrollment)
     return enrollment, pairing
 
 
@@ -963,8 +989,8 @@ def _answer(
     **ENROLLMENT_RESPONSE,
 )
 def delete_enrollment(
-    course_id: Annotated[int, id_path("course")],
-    id: Annotated[int, id_path("enrollment")],
+    course_id: CourseIdPath,
+    id: EnrollmentIdPath,
     caller: CallerDep,
     db: DatabaseDep,
     params: ParamsDep,
@@ -972,16 +998,19 @@ def delete_enrollment(
 ) -> EnrollmentJson:
     """Concludes (`completed`), deletes or deactivates (`inactive`) the enrollment, with an audit
     row. Ending a pairing's last live enrollment ends the pairing. Asking for the state it is
-    already in changes nothing; a deleted enrollment is not found, as in Canvas."""
+    already in changes nothing; a deleted enrollment is not found, as in Canvas. The state is
+    the one shown (the read-time rule): a temporary enrollment past its `end_at` and shown
+    `deleted` is not found; one shown `completed` or `inactive` has that expiry written first
+    (reason `expired`), and the task applies to it from there."""
     task = params.string("task", choices=tuple(TASK_STATES)) or DEFAULT_TASK
     to_state = TASK_STATES[task]
     now = utcnow()
+    run_id = lifecycle.new_run_id()
     with transaction(db.write) as session:
         course = find_course(session, caller, course_id)
         require_admin(session, caller, course.account_id)
-        enrollment, pairing = _lock_enrollment(session, course, id)
+        enrollment, pairing = _lock_enrollment(session, course, id, now=now, run_id=run_id)
         if enrollment.workflow_state != to_state:
-            run_id = lifecycle.new_run_id()
             _audit(session, caller, enrollment, to_state, TASK_REASONS[task], run_id, now)
             # What Canvas's conclude / deactivate / destroy change on the row, and no more.
             enrollment.workflow_state = to_state
@@ -1008,8 +1037,8 @@ def delete_enrollment(
     **ENROLLMENT_RESPONSE,
 )
 def reactivate_enrollment(
-    course_id: Annotated[int, id_path("course")],
-    id: Annotated[int, id_path("enrollment")],
+    course_id: CourseIdPath,
+    id: EnrollmentIdPath,
     caller: CallerDep,
     db: DatabaseDep,
     request: Request,
@@ -1020,15 +1049,15 @@ def reactivate_enrollment(
     enrollment at its `end_at`; one past its `end_at` is shown in its pairing's ending state at
     once, and the sweep writes it."""
     now = utcnow()
+    run_id = lifecycle.new_run_id()
     with transaction(db.write) as session:
         course = find_course(session, caller, course_id)
         require_admin(session, caller, course.account_id)
-        enrollment, pairing = _lock_enrollment(session, course, id)
+        enrollment, pairing = _lock_enrollment(session, course, id, now=now, run_id=run_id)
         if enrollment.workflow_state != "inactive":
             # Canvas renders `{"error": "enrollment not inactive"}`; tep keeps its one error
             # shape, with Canvas's message.
             raise ApiError(400, "enrollment not inactive")
-        run_id = lifecycle.new_run_id()
         _audit(session, caller, enrollment, "active", REASON_REACTIVATED, run_id, now)
         enrollment.workflow_state = "active"
         enrollment.updated_at = now

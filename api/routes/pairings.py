@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Caller, CallerDep
 from api.authz import require_permission
-from api.context import AccountIdPath, error_responses, find_account, id_path
+from api.context import AccountIdPath, error_responses, find_account, id_path, valid_id
 from api.db import DatabaseDep
 from api.errors import ApiError, not_found, unprocessable
 from api.pagination import FIELDS as PAGE_FIELDS
@@ -51,7 +51,9 @@ from tasks.permissions import (
 router = APIRouter(prefix="/api/v1/accounts/{account_id}/temporary_enrollment_pairings")
 
 PairingJson = TemporaryEnrollmentPairingAsJson
-PairingIdPath = Annotated[int, id_path("temporary enrollment pairing")]
+PairingIdPath = Annotated[
+    int, id_path("temporary enrollment pairing"), valid_id("temporary enrollment pairing")
+]
 
 # A new pairing starts active; it leaves that state by expiring or by DELETE, never on creation.
 CREATABLE_STATES = ("active",)

@@ -55,11 +55,18 @@ def serve_api(
     assert "Traceback" not in server.log, server.log
 
 
+# Prometheus's bearer token for the PostgreSQL server's /metrics (the SQLite server has none,
+# so its /metrics is off).
+METRICS_TOKEN = "scrape-" + "0123456789abcdef" * 3
+
+
 @pytest.fixture(scope="session")
 def pg_server(
     api_postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiServer]:
-    yield from serve_api(api_postgres_url, tmp_path_factory, "api-pg")
+    yield from serve_api(
+        api_postgres_url, tmp_path_factory, "api-pg", {"TEP_METRICS_TOKEN": METRICS_TOKEN}
+    )
 
 
 @pytest.fixture(scope="session")

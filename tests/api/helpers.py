@@ -68,7 +68,7 @@ def pairing(client: httpx.Client, ending_state: str | None = None) -> dict[str, 
 def enroll(
     client: httpx.Client,
     course_id: int,
-    user_id: int,
+    user_id: int | str,
     *,
     type: str = "TeacherEnrollment",
     state: str = "active",

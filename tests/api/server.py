@@ -33,7 +33,14 @@ class ApiServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEP_")}
-        env.update(TEP_DATABASE_URL=database_url, PYTHONUNBUFFERED="1", **(settings or {}))
+        # Deployed as it would be, with its public URL configured (links and `html_url` start
+        # with it; without one they are relative: test_hardening.py).
+        env.update(
+            TEP_DATABASE_URL=database_url,
+            TEP_PUBLIC_URL=self.base_url,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(settings or {})
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "api", "--port", str(self.port)],

@@ -1,5 +1,6 @@
 """The API's part in events and metrics: a created pairing is an event in the audit outbox, and
-`/metrics` serves the same figures the worker does."""
+`/metrics` serves the same figures the worker does, to Prometheus's scrape token alone, naming
+receivers without their credentials."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from sqlalchemy import select
 from models import StateChange, transaction
 from tasks.metrics import render_metrics
 from tests.api import helpers as h
-from tests.api.conftest import World
+from tests.api.conftest import METRICS_TOKEN, World
+from tests.api.server import ApiServer
 
 pytestmark = pytest.mark.postgres
 
@@ -42,12 +44,17 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+def scrape(base_url: str, token: str | None = METRICS_TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.get(f"{base_url}/metrics", headers=headers, timeout=30)
+
+
 def test_metrics_endpoint_serves_what_the_database_says(world: World) -> None:
     with world.client() as client:  # something to count: a pairing ended early
         pairing = h.pairing(client)
         client.delete(f"/accounts/self/temporary_enrollment_pairings/{pairing['id']}")
 
-    response = httpx.get(f"{world.base_url}/metrics", timeout=30)  # no token: a scrape
+    response = scrape(world.base_url)  # Prometheus, with the scrape token
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -56,3 +63,41 @@ def test_metrics_endpoint_serves_what_the_database_says(world: World) -> None:
     assert served == samples(expected_body.decode())
     assert served[("tep_metrics_database_up", ())] == 1
     assert "/metrics" not in httpx.get(f"{world.base_url}/openapi.json").json()["paths"]
+
+
+def test_metrics_show_nothing_without_the_scrape_token(world: World) -> None:
+    """Every account's figures: not for anonymous callers (before: served to anyone), and not for
+    an account's own API token either (it would see the other accounts' counts)."""
+    anonymous = scrape(world.base_url, token=None)
+    assert h.error(anonymous, 401) == "the metrics need TEP_METRICS_TOKEN"
+    assert "tep_" not in anonymous.text
+    assert h.error(scrape(world.base_url, token=world.token), 401)
+    assert h.error(scrape(world.base_url, token=METRICS_TOKEN + "x"), 401)
+    assert scrape(world.base_url).status_code == 200
+
+
+def test_without_a_scrape_token_the_api_serves_no_metrics(sqlite_server: ApiServer) -> None:
+    assert h.error(scrape(sqlite_server.base_url, token=None), 404)
+    assert h.error(scrape(sqlite_server.base_url, token=METRICS_TOKEN), 404)
+
+
+def test_receivers_are_named_without_userinfo_or_query_string(world: World) -> None:
+    receivers = [
+        "https://hook-user:hunter2@hooks.example.test:8443/tep?token=s3cret#frag",
+        "https://hooks.example.test:8443/tep?token=other",  # the same receiver, another token
+        "http://[::1]:9000/in",
+    ]
+    body, _ = render_metrics(world.factory, receivers)
+    text = body.decode()
+    for secret in ("hook-user", "hunter2", "s3cret", "other", "token=", "frag"):
+        assert secret not in text
+    labels = {
+        dict(labels)["receiver"]
+        for (name, labels) in samples(text)
+        if name == "tep_webhook_events_undelivered"
+    }
+    assert labels == {
+        "https://hooks.example.test:8443/tep #1",
+        "https://hooks.example.test:8443/tep #2",
+        "http://[::1]:9000/in",
+    }

@@ -80,6 +80,15 @@ def test_getters_read_both_form_strings_and_json_values() -> None:
         ({"b": "maybe"}, lambda p: p.boolean("b"), "true or false"),
         ({"l": [1]}, lambda p: p.strings("l"), "list of strings"),
         ({}, lambda p: p.string("need", required=True), "need is required"),
+        ({"s": "a\nb"}, lambda p: p.string("s"), "s must not contain control characters"),
+        ({"s": "a\u2029b"}, lambda p: p.strings("s"), "s[] must not contain control"),
+        ({"id": "\u0661\u0662"}, lambda p: p.integer("id"), "ASCII digits"),  # Arabic-Indic
+        ({"id": "\uff11\uff12"}, lambda p: p.integer("id"), "ASCII digits"),  # fullwidth
+        ({"id": "\u00b2"}, lambda p: p.integer("id"), "ASCII digits"),
+        ({"id": "1_000"}, lambda p: p.integer("id"), "ASCII digits"),
+        ({"id": 2**64}, lambda p: p.integer("id"), "must be an id between"),
+        ({"b": "y" * 10_000}, lambda p: p.boolean("b"), "yyy…"),
+        ({"s": "z" * 10_000}, lambda p: p.string("s", choices=("a",)), "zzz…"),
     ],
 )
 def test_getters_refuse_bad_values_by_name(
@@ -105,3 +114,12 @@ def test_documented_body_has_flat_form_names_and_nested_json() -> None:
     assert nested["required"] == ["enrollment"]
     assert nested["properties"]["enrollment"]["required"] == ["user_id"]
     assert {"type": "null"} in nested["properties"]["enrollment"]["properties"]["end_at"]["anyOf"]
+
+
+def test_a_message_repeats_a_short_prefix_of_the_value() -> None:
+    with pytest.raises(ApiError) as raised:
+        Params({"d": "2026-" + "9" * 100_000}).moment("d")
+    assert len(raised.value.message) < 200 and raised.value.message.count("9") == 94
+    with pytest.raises(ApiError) as raised:
+        nest([("a" * 10_000, "1"), ("a" * 10_000 + "[b]", "2")])
+    assert len(raised.value.message) < 200

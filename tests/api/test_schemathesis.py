@@ -4,6 +4,10 @@ Every operation gets generated requests, valid and invalid, over real HTTP to `t
 PostgreSQL: none may be a 5xx, and every response must match the status codes, content types,
 headers and schemas the document declares. Half of the generated path ids are swapped for ids
 that exist in the caller's account, so the 2xx paths are exercised too, not only the 404s.
+
+The deeper run is `python -m pytest -m fuzz` (not in the default run): many more examples per
+operation, randomized, and stateful sequences (schemathesis chains operations by the links it
+infers from the document: a created pairing is then shown, deleted, shown again).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from sqlalchemy import Engine
 
 from api import create_app
 from api.params import MAX_ID
+from models import make_sessionmaker
 from tests.api import helpers as h
-from tests.api.conftest import World
+from tests.api.conftest import World, make_world
 from tests.api.server import ApiServer
 
 pytestmark = pytest.mark.postgres
@@ -29,6 +35,10 @@ pytestmark = pytest.mark.postgres
 # A longer hunt: TEP_TEST_SCHEMATHESIS_EXAMPLES=500 TEP_TEST_SCHEMATHESIS_RANDOM=1.
 MAX_EXAMPLES = int(os.environ.get("TEP_TEST_SCHEMATHESIS_EXAMPLES", "30"))
 DERANDOMIZE = not os.environ.get("TEP_TEST_SCHEMATHESIS_RANDOM")
+# The fuzz run (`-m fuzz`): per operation and phase, and stateful scenarios of up to STEPS calls.
+FUZZ_EXAMPLES = int(os.environ.get("TEP_TEST_FUZZ_EXAMPLES", "300"))
+FUZZ_SCENARIOS = int(os.environ.get("TEP_TEST_FUZZ_SCENARIOS", "100"))
+FUZZ_STEPS = int(os.environ.get("TEP_TEST_FUZZ_STEPS", "8"))
 
 
 def real_ids(world: World) -> dict[str, Any]:
@@ -128,4 +138,58 @@ def test_every_response_matches_the_document(
         # end_at after its start), which OpenAPI cannot express; those are 400s by design and
         # tested by name in test_pairings_and_enrollments.py.
         excluded_checks=[schemathesis.checks.positive_data_acceptance],
+    )
+
+
+# Checks that cannot hold here, by design:
+# - "schema-valid data must be accepted": see above.
+# - "use after free" (stateful): a DELETE here ends a pairing or an enrollment, and the objects
+#   stay readable, as in Canvas (a deleted pairing is shown `deleted`; a concluded enrollment
+#   is `completed`), so a later GET answering 200 is right.
+FUZZ_EXCLUDED = [schemathesis.checks.positive_data_acceptance, schemathesis.checks.use_after_free]
+
+
+@pytest.mark.fuzz
+@api.parametrize()
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_fuzz_every_operation(
+    case: Any, pg_server: ApiServer, world: World, known_ids: None
+) -> None:
+    case.call_and_validate(base_url=pg_server.base_url, excluded_checks=FUZZ_EXCLUDED)
+
+
+@pytest.mark.fuzz
+def test_fuzz_stateful_sequences(pg_server: ApiServer, pg_api_engine: Engine) -> None:
+    """Scenarios of calls chained by the links schemathesis infers. Each scenario starts in a
+    root account of its own, so that replaying a scenario (as Hypothesis does to shrink a
+    failure) meets the same state and gets the same answers."""
+    factory = make_sessionmaker(pg_api_engine)
+
+    class Workflow(api.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            world = make_world(pg_server.base_url, factory)
+            KNOWN_IDS.clear()
+            KNOWN_IDS.update(real_ids(world))
+            TOKEN["secret"] = world.token
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": pg_server.base_url}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, excluded_checks=FUZZ_EXCLUDED, recorder=self.recorder)
+
+    Workflow.run(
+        settings=settings(
+            max_examples=FUZZ_SCENARIOS,
+            stateful_step_count=FUZZ_STEPS,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
     )
