@@ -19,10 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
-
-from bench.data import sqlalchemy_url
-from migrations import upgrade
+from bench import data
 
 READY_TIMEOUT_SECONDS = 60
 # Enrollments per pairing: the pairings end only when their last enrollment does, as in life.
@@ -86,13 +83,18 @@ def measure(
     spread: float,
     interval: float,
     lead: float = 3.0,
+    canvas_schema: bool = False,
 ) -> Lateness:
     """Make `enrollments` fall due over `spread` seconds, starting `lead` s after the worker and
     beat are ready, and wait until all have changed (or `spread + 6 intervals` have passed)."""
-    upgrade(sqlalchemy_url(url))
+    data.prepare_schema(url, canvas_schema=canvas_schema)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEP_")}
+    schemas = data.schemas(canvas_schema)
     env.update(
         TEP_DATABASE_URL=url,
+        TEP_CANVAS_TABLES=schemas.canvas_tables,
+        TEP_CANVAS_SCHEMA=schemas.canvas,
+        TEP_SCHEMA=schemas.tep,
         TEP_BROKER_URL=broker_url,
         TEP_RESULT_BACKEND=broker_url,
         TEP_QUEUE=f"tep-bench-{uuid.uuid4().hex[:12]}",
@@ -125,12 +127,12 @@ def measure(
             if beat is not None:
                 beat.stop()
             worker.stop()
-    with psycopg.connect(url) as conn:
+    with data.connect(url) as conn:
         delays = [
             float(seconds)
             for (seconds,) in conn.execute(
                 "SELECT extract(epoch FROM c.created_at - e.end_at) "
-                "FROM temporary_enrollment_state_changes c "
+                f"FROM {data.TEP}.temporary_enrollment_state_changes c "
                 "JOIN enrollments e ON e.id = c.context_id "
                 "WHERE c.context_type = 'Enrollment' ORDER BY 1"
             )
@@ -140,49 +142,67 @@ def measure(
 
 def _seed(url: str, enrollments: int, first: dt.datetime, spread: float) -> None:
     """Enrollments due evenly from `first` to `first + spread`, PER_PAIRING to a pairing, the
-    pairings interleaved so that each ends only at the end of the spread."""
+    pairings interleaved so that each ends only at the end of the spread. Written as Canvas
+    writes them (role, uuid, `enrollment_states` row valid until `end_at`), and not indexed by
+    tep: the worker's sweeps discover them, as they would Canvas's."""
     pairings = max(1, enrollments // PER_PAIRING)
     step = spread / max(1, enrollments - 1)
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            "INSERT INTO accounts (id, name, workflow_state, created_at, updated_at) "
-            "VALUES (1, 'Lateness', 'active', now(), now());"
-        )
+    root = data.create_root(url, "Lateness")
+    with data.connect(url) as conn:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM enrollments").fetchone()
         conn.execute(
             "INSERT INTO users (id, name, workflow_state, created_at, updated_at) "
-            "VALUES (1, 'Recipient', 'registered', now(), now())"
+            "SELECT g, 'Recipient ' || g, 'registered', now(), now() "
+            "FROM generate_series(1, %s) g",
+            (enrollments,),
         )
         conn.execute(
-            "INSERT INTO courses (id, name, account_id, root_account_id, workflow_state, "
-            "created_at, updated_at) VALUES (1, 'Course', 1, 1, 'available', now(), now())"
+            "INSERT INTO courses (id, name, account_id, root_account_id, enrollment_term_id, "
+            "workflow_state, created_at, updated_at) "
+            "VALUES (1, 'Course', %(root)s, %(root)s, %(term)s, 'available', now(), now())",
+            {"root": root.account_id, "term": root.term_id},
         )
         conn.execute(
             "INSERT INTO course_sections (id, course_id, root_account_id, name, default_section, "
             "workflow_state, created_at, updated_at) "
-            "VALUES (1, 1, 1, 'Section', true, 'active', now(), now())"
+            "VALUES (1, 1, %s, 'Section', true, 'active', now(), now())",
+            (root.account_id,),
         )
         conn.execute(
             "INSERT INTO temporary_enrollment_pairings (id, root_account_id, workflow_state, "
             "ending_enrollment_state, created_at, updated_at) "
-            "SELECT g, 1, 'active', 'deleted', now(), now() FROM generate_series(1, %s) g",
-            (pairings,),
+            "SELECT g, %s, 'active', 'deleted', now(), now() FROM generate_series(1, %s) g",
+            (root.account_id, pairings),
         )
+        # One user each: Canvas's unique index allows one enrollment per (user, type, role,
+        # section).
         conn.execute(
             "INSERT INTO enrollments (user_id, course_id, course_section_id, root_account_id, "
-            "type, workflow_state, end_at, temporary_enrollment_pairing_id, created_at, "
-            "updated_at) "
-            "SELECT 1, 1, 1, 1, 'TeacherEnrollment', 'active', "
-            "%s::timestamptz + g * %s * interval '1 second', 1 + mod(g, %s), now(), now() "
-            "FROM generate_series(0, %s - 1) g",
-            (first, step, pairings, enrollments),
+            "type, role_id, uuid, workflow_state, end_at, temporary_enrollment_pairing_id, "
+            "created_at, updated_at) "
+            "SELECT 1 + g, 1, 1, %(root)s, 'TeacherEnrollment', %(role)s, "
+            "md5('lateness-' || g), 'active', "
+            "%(first)s::timestamptz + g * %(step)s * interval '1 second', "
+            "1 + mod(g, %(pairings)s), now(), now() FROM generate_series(0, %(n)s - 1) g",
+            {
+                "root": root.account_id,
+                "role": root.role_ids["TeacherEnrollment"],
+                "first": first,
+                "step": step,
+                "pairings": pairings,
+                "n": enrollments,
+            },
         )
         conn.commit()
+    data.cache_enrollment_states(
+        url, after_id=int(before[0]) if before else 0, at=dt.datetime.now(dt.UTC)
+    )
 
 
 def _changed(url: str) -> int:
-    with psycopg.connect(url) as conn:
+    with data.connect(url) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM temporary_enrollment_state_changes "
+            f"SELECT count(*) FROM {data.TEP}.temporary_enrollment_state_changes "
             "WHERE context_type = 'Enrollment'"
         ).fetchone()
         return int(row[0]) if row else 0

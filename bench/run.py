@@ -3,6 +3,14 @@
 Every measurement starts from a file copy of one built template database, so each sees exactly
 the same rows; all of them are scratch databases of the benchmark's own, dropped at the end.
 Floor and sweep runs alternate, so that their ratio compares runs taken under the same load.
+
+`--canvas-schema` takes every measurement on Canvas's real schema in `existing` mode (bench/data.py)
+instead of the tables tep's migrations create (`managed`); the code measured is the same.
+
+Two templates are built: Canvas's rows alone, as `tep db upgrade` leaves a Canvas database (the
+first sweep after installing is measured there: a nightly run, which rebuilds tep's deadline index
+from Canvas's rows, then sweeps), and a copy of it whose deadline index the sweep's discovery has
+filled, as every later sweep finds it (everything else is measured there).
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from typing import Any
 
 import psycopg
 
-from bench import data, explain, lateness, measure
+from bench import data, explain, lateness, measure, timers
+from tasks import lifecycle
 from tasks.lifecycle import DEFAULT_BATCH_SIZE
 
 REDIS_URL = os.environ.get("TEP_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -54,12 +63,18 @@ class Options:
     interval: float = 5.0
     lateness: bool = True
     explain: bool = False
+    # Canvas's real schema, tep in `existing` mode (issue 10 point 10), instead of `managed`.
+    canvas_schema: bool = False
     redis_url: str = REDIS_URL
     json_path: str | None = None
 
     @property
     def shape(self) -> data.Shape:
         return data.Shape(self.pairings, self.per_pairing, self.unrelated)
+
+    @property
+    def mode(self) -> str:
+        return "existing (Canvas's schema)" if self.canvas_schema else "managed"
 
     @property
     def small_shape(self) -> data.Shape:
@@ -114,18 +129,25 @@ def _copy(template: str) -> Iterator[str]:
 def run(options: Options, progress: Progress = _stderr) -> Results:
     results = Results()
     shape = options.shape
+    results.add("tables", options.mode)
     with ExitStack() as stack:
         progress(
             f"building {shape.pairings:,} pairings x {shape.per_pairing} due + "
-            f"{shape.unrelated:,} unrelated enrollments"
+            f"{shape.unrelated:,} unrelated enrollments, tables: {options.mode}"
         )
         started = time.monotonic()
-        template_url = stack.enter_context(data.scratch_database())
-        data.build(template_url, shape)
+        bare_url = stack.enter_context(data.scratch_database())
+        data.build(bare_url, shape, canvas_schema=options.canvas_schema)
+        bare = data.name_of(bare_url)
+        template_url = stack.enter_context(data.scratch_database(template=bare))
+        indexed = data.index_deadlines(template_url)
+        results.checks.append(measure.Check("deadline index: rows indexed", shape.due, indexed))
         template = data.name_of(template_url)
         results.figures["build_seconds"] = time.monotonic() - started
+        progress(f"built in {results.figures['build_seconds']:.0f} s")
 
         _floor_and_sweep(options, template, results, progress)
+        _first_sweep(options, bare, results, progress)
         _batch_sizes(options, template, results, progress)
         _baseline(options, template, results, progress)
         _rss(options, results, progress)
@@ -136,27 +158,40 @@ def run(options: Options, progress: Progress = _stderr) -> Results:
                 results.explain = explain.collect(url, options.batch_size)
     if options.lateness:
         _lateness(options, results, progress)
+        timers.bench(options, results, progress)  # issue 15: at the default interval (60 s)
     return results
 
 
 def _floor_and_sweep(options: Options, template: str, results: Results, progress: Progress) -> None:
     shape = options.shape
-    floors: list[float] = []
+    floors: list[measure.FloorResult] = []
     sweeps: list[measure.SweepResult] = []
     for attempt in range(1, options.repeat + 1):
         with _copy(template) as url:
-            seconds, rows = measure.floor(url)
+            result_floor = measure.floor(url)
             results.checks.append(
-                measure.Check(f"floor run {attempt}: rows updated", shape.due, rows)
+                measure.Check(f"floor run {attempt}: rows updated", shape.due, result_floor.rows)
             )
-            floors.append(seconds)
-            progress(f"floor {attempt}/{options.repeat}: {seconds:.2f} s")
+            results.checks.append(
+                measure.Check(
+                    f"floor run {attempt}: enrollment_states rows updated",
+                    shape.due,
+                    result_floor.state_rows,
+                )
+            )
+            floors.append(result_floor)
+            progress(
+                f"floor {attempt}/{options.repeat}: {result_floor.seconds:.2f} s "
+                f"(enrollments {result_floor.enrollments_seconds:.2f} s, "
+                f"enrollment_states {result_floor.states_seconds:.2f} s)"
+            )
         with _copy(template) as url:
             _, (result,) = measure.sweepers(url, 1, options.batch_size)
             sweeps.append(result)
             progress(
                 f"sweep {attempt}/{options.repeat}: {result.seconds:.2f} s, "
                 f"{result.batches} batches (longest {result.longest_batch:.2f} s), "
+                f"discovery {result.discovery_seconds:.2f} s ({result.discovered:,} rows), "
                 f"peak RSS {result.peak_rss_mb:.0f} MB"
             )
             results.checks.append(
@@ -169,17 +204,33 @@ def _floor_and_sweep(options: Options, template: str, results: Results, progress
                 results.checks.extend(idle.checks)
                 results.figures.update(idle.figures)
 
-    floor = statistics.median(floors)
+    floor = statistics.median(f.seconds for f in floors)
     sweep = statistics.median(s.seconds for s in sweeps)
-    results.figures.update(floor_seconds=floors, sweep_seconds=[s.seconds for s in sweeps])
+    results.figures.update(
+        floor_seconds=[f.seconds for f in floors],
+        floor_enrollments_seconds=[f.enrollments_seconds for f in floors],
+        floor_states_seconds=[f.states_seconds for f in floors],
+        sweep_seconds=[s.seconds for s in sweeps],
+        sweep_discovery_seconds=[s.discovery_seconds for s in sweeps],
+    )
     results.figures["sweep_peak_rss_mb"] = max(s.peak_rss_mb for s in sweeps)
     n = f" (median of {options.repeat})" if options.repeat > 1 else ""
     results.add(
-        f"floor: one UPDATE, {shape.due:,} rows{n}", f"{floor:.2f} s, {rate(shape.due, floor)}"
+        f"floor: UPDATE enrollments + UPDATE enrollment_states, {shape.due:,} rows each, "
+        f"one transaction{n}",
+        f"{floor:.2f} s, {rate(shape.due, floor)}",
+    )
+    results.add(
+        f"floor, the enrollments UPDATE alone (the floor of issue 4){n}",
+        f"{statistics.median(f.enrollments_seconds for f in floors):.2f} s",
     )
     results.add(
         f"sweep: run_sweep, batch {options.batch_size:,} pairings, audited{n}",
         f"{sweep:.2f} s, {rate(shape.due, sweep)}",
+    )
+    results.add(
+        f"sweep: of which discovery (deadline index brought up to Canvas's rows){n}",
+        f"{statistics.median(s.discovery_seconds for s in sweeps):.2f} s",
     )
     results.add(
         "sweep time / floor time",
@@ -193,6 +244,32 @@ def _floor_and_sweep(options: Options, template: str, results: Results, progress
     )
     results.figures["sweep_rows_per_second"] = shape.due / sweep
     results.rows.extend(idle.rows)
+
+
+def _first_sweep(options: Options, bare: str, results: Results, progress: Progress) -> None:
+    """The first sweep after installing, on Canvas's rows with tep's deadline index empty: a
+    nightly run, which rebuilds the index from Canvas's rows before it sweeps. One run."""
+    shape = options.shape
+    floor = statistics.median(results.figures["floor_seconds"])
+    with _copy(bare) as url:
+        _, (result,) = measure.sweepers(
+            url, 1, options.batch_size, trigger=lifecycle.TRIGGER_NIGHTLY
+        )
+        results.checks.append(measure.Check("first sweep: changed", shape.due, result.changed))
+        results.checks.extend(
+            dataclasses.replace(c, what=f"first sweep: {c.what}")
+            for c in measure.exactly_once(url, shape)
+        )
+    progress(
+        f"first sweep after installing (nightly): {result.seconds:.2f} s, rebuild "
+        f"{result.discovery_seconds:.2f} s ({result.discovered:,} rows)"
+    )
+    results.add(
+        f"first sweep after installing: nightly run, deadline index rebuilt "
+        f"({result.discovered:,} rows in {result.discovery_seconds:.2f} s), then swept",
+        f"{result.seconds:.2f} s, {result.seconds / floor:.2f} x floor",
+    )
+    results.figures["first_sweep"] = dataclasses.asdict(result)
 
 
 def _batch_sizes(options: Options, template: str, results: Results, progress: Progress) -> None:
@@ -235,17 +312,36 @@ def _idle(options: Options, url: str, results: Results, progress: Progress) -> N
             conn.execute("VACUUM (ANALYZE)")
             conn.execute("CHECKPOINT")
 
+    def count(at: str, sql: str) -> int:
+        with data.connect(at) as conn:
+            row = conn.execute(sql).fetchone()
+            return int(row[0]) if row else 0
+
+    ends = f"SELECT count(*) FROM {data.TEP}.temporary_enrollment_pairing_ends"
+    index = f"SELECT count(*) FROM {data.TEP}.temporary_enrollment_deadlines"
     settle(url)
-    base_rows = enrollment_rows(url)
+    base_rows, base_ended = enrollment_rows(url), count(url, ends)
     with data.scratch_database(template=data.name_of(url)) as grown:
         progress(
-            f"adding {options.idle_factor - 1} x {shape.due + shape.unrelated:,} rows, none due"
+            f"adding {options.idle_factor - 1} x ({shape.pairings:,} ended pairings, "
+            f"{shape.pairings:,} pairings ending later, {2 * shape.due + shape.unrelated:,} "
+            "enrollments), none due"
         )
-        data.grow(grown, shape, options.idle_factor)
+        added = data.grow(grown, shape, options.idle_factor)
         settle(grown)
-        grown_rows = enrollment_rows(grown)
-        results.checks.append(
-            measure.Check("rows after growing", base_rows * options.idle_factor, grown_rows)
+        grown_rows, grown_ended = enrollment_rows(grown), count(grown, ends)
+        results.checks.extend(
+            [
+                measure.Check("rows after growing", base_rows + added.enrollments, grown_rows),
+                measure.Check(
+                    "ended pairings after growing", base_ended * options.idle_factor, grown_ended
+                ),
+                measure.Check(
+                    "deadline index after growing (future rows)",
+                    added.future_pairings * shape.per_pairing,
+                    count(grown, index),
+                ),
+            ]
         )
         one_runs, many_runs = measure.idle([url, grown], options.idle_runs, options.batch_size)
     one, many = statistics.median(one_runs), statistics.median(many_runs)
@@ -253,8 +349,16 @@ def _idle(options: Options, url: str, results: Results, progress: Progress) -> N
         f"idle: {one * 1000:.1f} ms at {base_rows:,} rows, {many * 1000:.1f} ms at {grown_rows:,}"
     )
     n = f" (median of {options.idle_runs}, taking turns)"
-    results.add(f"idle sweep, {base_rows:,} enrollments{n}", f"{one * 1000:.1f} ms")
-    results.add(f"idle sweep, {grown_rows:,} enrollments{n}", f"{many * 1000:.1f} ms")
+    results.add(
+        f"idle sweep, {base_rows:,} enrollments, {base_ended:,} ended pairings{n}",
+        f"{one * 1000:.1f} ms",
+    )
+    results.add(
+        f"idle sweep, {grown_rows:,} enrollments ({grown_rows / base_rows:.1f}x), "
+        f"{grown_ended:,} ended pairings, {added.future_pairings * shape.per_pairing:,} "
+        f"future deadlines{n}",
+        f"{many * 1000:.1f} ms",
+    )
     results.add(
         f"idle {options.idle_factor}x / idle 1x",
         f"{many / one:.2f}",
@@ -292,7 +396,8 @@ def _rss(options: Options, results: Results, progress: Progress) -> None:
     small = options.small_shape
     progress(f"building {small.due:,} due enrollments for the RSS comparison")
     with data.scratch_database() as url:
-        data.build(url, small)
+        data.build(url, small, canvas_schema=options.canvas_schema)
+        data.index_deadlines(url)
         _, (sweep,) = measure.sweepers(url, 1, options.batch_size)
         results.checks.append(measure.Check("small sweep: changed", small.due, sweep.changed))
     big = results.figures["sweep_peak_rss_mb"]
@@ -356,6 +461,7 @@ def _lateness(options: Options, results: Results, progress: Progress) -> None:
             enrollments=options.lateness_enrollments,
             spread=options.lateness_spread,
             interval=options.interval,
+            canvas_schema=options.canvas_schema,
         )
     results.checks.append(
         measure.Check("lateness: enrollments changed", late.enrollments, late.changed)
@@ -424,6 +530,11 @@ def parse(argv: list[str] | None = None) -> Options:
     add("--interval", type=float, default=defaults.interval, help="beat interval, seconds")
     add("--no-lateness", action="store_true", help="skip the live worker and beat")
     add("--explain", action="store_true", help="print EXPLAIN ANALYZE of the main statements")
+    add(
+        "--canvas-schema",
+        action="store_true",
+        help="measure on Canvas's real schema, tep in existing mode (default: managed tables)",
+    )
     add("--redis-url", default=defaults.redis_url)
     add("--json", metavar="FILE", help="also write every figure to FILE")
     args = parser.parse_args(argv)
@@ -457,6 +568,7 @@ def parse(argv: list[str] | None = None) -> Options:
         interval=args.interval,
         lateness=not args.no_lateness,
         explain=args.explain,
+        canvas_schema=args.canvas_schema,
         redis_url=args.redis_url,
         json_path=args.json,
     )

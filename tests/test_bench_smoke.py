@@ -1,11 +1,17 @@
-"""A tiny run of the benchmark (bench/): every measurement runs and its counts are right.
+"""A tiny run of the benchmark (bench/): every measurement runs and its counts are right, on the
+tables tep's migrations create (`managed`) and on Canvas's real schema in `existing` mode
+(`--canvas-schema`: tests/canvas_schema, with Canvas production's update guard failing and a
+non-UTC zone).
 
 No timings are asserted; they mean nothing at this size. What can fail here is the benchmark's
 own bookkeeping: data built with the wrong shape, a sweep (alone or with others at once) that
-changes a row twice or misses one, a per-row baseline or a live worker that does not finish.
+changes a row twice or misses one, a cache row or user not following, a floor that Canvas's
+guard refuses, a per-row baseline or a live worker that does not finish.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -37,8 +43,13 @@ def _postgres() -> None:
         services.unavailable("PostgreSQL", error)
 
 
-def test_every_measurement_runs_and_counts_are_exact() -> None:
-    results = bench.run(TINY, progress=lambda _: None)
+MODES = [pytest.param(False, id="managed"), pytest.param(True, id="canvas-schema")]
+
+
+@pytest.mark.parametrize("canvas_schema", MODES)
+def test_every_measurement_runs_and_counts_are_exact(canvas_schema: bool) -> None:
+    options = dataclasses.replace(TINY, canvas_schema=canvas_schema)
+    results = bench.run(options, progress=lambda _: None)
 
     failed = [c for c in results.checks if not c.ok]
     assert failed == []
@@ -46,10 +57,19 @@ def test_every_measurement_runs_and_counts_are_exact() -> None:
     # Each measurement checked its own counts: floor, sweep, exactly-once, idle growth,
     # baseline, the RSS comparison and every concurrent run.
     for expected in (
+        "deadline index: rows indexed",
         "floor run 1: rows updated",
+        "floor run 1: enrollment_states rows updated",
         "sweep run 1: changed",
         "enrollments audited",
+        "enrollment_states rows following their enrollments",
+        "users of the due enrollments touched",
+        "pairings ended (tep's pairing ends)",
+        "unrelated enrollment_states rows untouched",
+        "first sweep: changed",
+        "first sweep: enrollments audited",
         "rows after growing",
+        "ended pairings after growing",
         "per-row baseline: rows changed",
         "small sweep: changed",
         "2 sweepers: changed in total",
@@ -60,11 +80,16 @@ def test_every_measurement_runs_and_counts_are_exact() -> None:
         assert expected in whats
     assert {c.found for c in results.checks if c.what == "sweep run 1: changed"} == {120}
     measures = [row.measure for row in results.rows]
+    assert results.rows[0].value == options.mode
     assert any(m.startswith("sweep time / floor time") for m in measures)
+    assert any(m.startswith("first sweep after installing") for m in measures)
     assert any(m.startswith("3 sweepers") for m in measures)
     assert any(m.startswith("sweep at batch 50 pairings: 1 batches") for m in measures)
-    assert "expire + audit (one data-modifying CTE)" in results.explain
-    assert "Update on enrollments" in results.explain["expire + audit (one data-modifying CTE)"]
+    batch = results.explain["expire + cache + touch users + audit (one data-modifying CTE)"]
+    assert "Update on enrollments" in batch
+    assert "Insert on enrollment_states" in batch
+    assert "Update on enrollment_states" in results.explain["floor: UPDATE enrollment_states"]
+    assert "the window: next due deadlines by (end_at, id)" in results.explain
     table = bench.table(results)
     assert table.startswith("| measure | value | target | met |")
     assert f"{len(results.checks)}/{len(results.checks)} checks as expected" in table
@@ -72,10 +97,15 @@ def test_every_measurement_runs_and_counts_are_exact() -> None:
 
 @pytest.mark.redis
 @pytest.mark.integration
-def test_lateness_with_a_live_worker_and_beat(redis_url: str) -> None:
+@pytest.mark.parametrize("canvas_schema", MODES)
+def test_lateness_with_a_live_worker_and_beat(redis_url: str, canvas_schema: bool) -> None:
     results = bench.Results()
     options = bench.Options(
-        lateness_enrollments=20, lateness_spread=2.0, interval=1.0, redis_url=redis_url
+        lateness_enrollments=20,
+        lateness_spread=2.0,
+        interval=1.0,
+        redis_url=redis_url,
+        canvas_schema=canvas_schema,
     )
 
     bench._lateness(options, results, progress=lambda _: None)
