@@ -99,7 +99,9 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
 TOKEN: dict[str, str] = {}
 
 
-@api.auth()
+# Not cached (schemathesis keeps a token 300 s by default): every test, and every stateful
+# scenario, has an account and a token of its own, and must call with that token.
+@api.auth(refresh_interval=None)
 class BearerToken:
     def get(self, case: Any, context: Any) -> str:
         # Explicit examples are drawn at collection time, before any fixture has made a token.
