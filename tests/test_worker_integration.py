@@ -132,7 +132,7 @@ def test_beat_ends_due_pairings_without_anyone_calling(
         )
         # The worker's start-up look-ahead (tasks/timers.py) may end them before beat has
         # logged its first tick: wait for beat's line rather than expect it already there.
-        wait_for(
+        wait_until(
             lambda: "Sending due task expire-due-pairings-every-interval" in beat.log,
             60,
             "beat to send its interval sweep",
