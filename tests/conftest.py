@@ -24,11 +24,14 @@ the third alone (`-m "not canvas"` leaves it out).
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from kombu.transport import redis as kombu_redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -103,8 +106,49 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                 _service_outcomes[marker].append(report.outcome)
 
 
+def delete_queue_keys(client: redis.Redis, queues: Iterable[str]) -> None:
+    """Delete what kombu's Redis transport keeps for these queues (Celery names each queue's
+    exchange after it): the message list of each priority step, the exchange's binding sets and
+    its binding deadline, and the queues' unacknowledged messages. Other queues' keys stay."""
+    names = set(queues)
+    if not names:
+        return
+    channel = kombu_redis.Channel
+    keys = []
+    for name in names:
+        keys.append(name)
+        keys.extend(f"{name}{channel.sep}{step}" for step in kombu_redis.PRIORITY_STEPS if step)
+        keys.append(channel.keyprefix_queue % name)
+        keys.append(channel.keyprefix_binding_permanent % name)
+    client.delete(*keys)
+    client.zrem(channel.keyprefix_binding_deadlines, *names)
+    # Each unacknowledged entry is [message, exchange, routing key].
+    tags = [
+        tag
+        for tag, entry in client.hscan_iter(channel.unacked_key)
+        if names.intersection(json.loads(entry)[1:])
+    ]
+    if tags:
+        client.hdel(channel.unacked_key, *tags)
+        client.zrem(channel.unacked_index_key, *tags)
+
+
+def _delete_session_queues() -> None:
+    if not services.SESSION_QUEUES:
+        return
+    client = redis.Redis.from_url(services.REDIS_URL, socket_connect_timeout=3)
+    try:
+        delete_queue_keys(client, services.SESSION_QUEUES)
+    except redis.RedisError as error:  # the tests that needed it have said so already
+        print(f"\nRedis: the session's queues were not deleted: {error}", flush=True)
+    finally:
+        client.close()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under CI=true, a run in which the PostgreSQL or Redis tests did not all run is a failure."""
+    """This session's queues are deleted from Redis; under CI=true, a run in which the PostgreSQL
+    or Redis tests did not all run is a failure."""
+    _delete_session_queues()
     if not services.IN_CI or session.config.option.collectonly:
         return
     problems = []

@@ -67,5 +67,13 @@ def redis_reachable() -> Exception | None:
         return error
 
 
+# The Celery queues this session made on the real Redis. Kombu never deletes a queue, so without
+# this each run would leave its queues' keys in the broker's database (db 0): conftest's
+# session-finish hook deletes them.
+SESSION_QUEUES: list[str] = []
+
+
 def unique_queue(prefix: str = "tep-test") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+    queue = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    SESSION_QUEUES.append(queue)
+    return queue
