@@ -13,7 +13,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import task_success
 
-from tasks import RETRY_BACKOFF_MAX_SECONDS, RETRY_ON, notices, webhooks
+from tasks import RETRY_BACKOFF_MAX_SECONDS, RETRY_ON, notices, retried_if_unavailable, webhooks
 from worker import runtime
 from worker.events import DELIVER_WEBHOOKS_TASK, SEND_NOTICES_TASK
 from worker.settings import get_settings
@@ -37,9 +37,10 @@ SMTP_MAX_RETRIES = 6
 def deliver_webhooks() -> list[dict[str, Any]]:
     """POST the lifecycle events each configured receiver has not accepted yet."""
     settings = get_settings()
-    reports = webhooks.deliver_webhooks(
-        runtime.session_factory(), settings.webhook_url_list, settings.webhook_secret
-    )
+    with retried_if_unavailable():
+        reports = webhooks.deliver_webhooks(
+            runtime.session_factory(), settings.webhook_url_list, settings.webhook_secret
+        )
     if any(report.more for report in reports):
         deliver_webhooks.delay()  # a backlog: carry on now rather than at the next tick
     return [report.to_json() for report in reports]
@@ -57,12 +58,13 @@ def send_notices() -> dict[str, Any]:
     settings = get_settings()
     if settings.smtp is None:
         return {"mail": "off (TEP_SMTP_URL is not set)"}
-    report = notices.run_notices(
-        runtime.session_factory(),
-        settings.smtp,
-        settings.mail_from,
-        settings.notice_thresholds,
-    )
+    with retried_if_unavailable():
+        report = notices.run_notices(
+            runtime.session_factory(),
+            settings.smtp,
+            settings.mail_from,
+            settings.notice_thresholds,
+        )
     return report.to_json()
 
 

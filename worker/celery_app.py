@@ -96,6 +96,9 @@ def create_app(settings: Settings) -> Celery:
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
+        # A message the worker cannot run (a body that is not [args, kwargs, embed], arguments
+        # that do not fit the task) is refused and dropped rather than crash the worker.
+        worker_consumer="worker.messages:CheckingConsumer",
         task_default_queue=settings.queue,
         timezone=settings.timezone,  # the zone TEP_NIGHTLY_CRON is read in
         enable_utc=True,
