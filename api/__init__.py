@@ -1,7 +1,7 @@
 """The Canvas-compatible REST API (DESIGN.md section 5).
 
-`create_app` and `known_scopes` are imported on first use, so that the `tep` command line (which
-registers `tep api` from `api.cli`) does not load the web stack for every other command.
+`create_app` and `known_scopes` are imported on first use, so that importing the package (as
+`tep token create` does) does not load the web stack until it is needed.
 """
 
 from __future__ import annotations

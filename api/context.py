@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from api.auth import Caller, CallerDep
 from api.db import DatabaseDep
 from api.errors import ErrorBody, forbidden, not_found
-from api.params import MAX_ID, cut, is_ascii_integer
-from models import DUMMY_ROOT_ACCOUNT_ID, Account, Course, CourseSection, Pseudonym, User
+from api.params import cut, is_ascii_integer
+from models import DUMMY_ROOT_ACCOUNT_ID, MAX_ID, Account, Course, CourseSection, Pseudonym, User
 
 
 def _path_id(what: str, *, self_allowed: bool = False) -> BeforeValidator:

@@ -22,9 +22,8 @@ from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 
 from api.errors import bad_request
+from models import MAX_ID
 
-# PostgreSQL's bigint: an id outside it can name nothing, and must not reach the database.
-MAX_ID = 2**63 - 1
 # Canvas's string columns are varchar(255).
 MAX_STRING = 255
 # How much of a client's value an error message repeats: enough to recognise it, never the

@@ -2,7 +2,16 @@
 
 from sqlalchemy import Table
 
-from models.base import TEP_SCHEMA, UTC, AnySelect, Base, CanvasTimestamp, UTCDateTime, utcnow
+from models.base import (
+    MAX_ID,
+    TEP_SCHEMA,
+    UTC,
+    AnySelect,
+    Base,
+    CanvasTimestamp,
+    UTCDateTime,
+    utcnow,
+)
 from models.canvas import (
     ACCOUNT_ADMIN_ROLE,
     ACCOUNT_MEMBERSHIP_ROLE,
@@ -110,6 +119,7 @@ __all__ = [
     "ENROLLMENT_STATES",
     "ENROLLMENT_TYPES",
     "LIVE_ENROLLMENT_STATES",
+    "MAX_ID",
     "NOTICE_BEFORE_END",
     "NOTICE_ENDED",
     "NOTICE_FAILED",

@@ -23,6 +23,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+# Canvas's ids are PostgreSQL bigints: an id outside 1..MAX_ID names nothing, and must not reach
+# the database (SQLite cannot even bind it). The API, the CLI and the tasks all check against it.
+MAX_ID = 2**63 - 1
+
 UTC = dt.UTC
 
 

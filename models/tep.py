@@ -156,7 +156,9 @@ class DiscoveryCursor(Base):
 
 
 class SweepRun(Base):
-    """One committed sweep (dry runs write nothing, so they are not recorded)."""
+    """One committed sweep (dry runs write nothing, so they are not recorded), or a streak of
+    idle ones: an idle run replaces the row of the idle run before it, carrying the streak on in
+    its summary (`idle_runs`, `idle_since`; tasks/lifecycle.py `record_run`)."""
 
     __tablename__ = "temporary_enrollment_sweep_runs"
     __table_args__ = (
@@ -198,3 +200,42 @@ class ApiToken(Base):
     last_used_at: Mapped[dt.datetime | None]
     created_at: Mapped[Created]
     updated_at: Mapped[Updated]
+
+
+class MetricTotal(Base):
+    """A running total behind a Prometheus counter, kept as changes commit (tasks/metric_totals.py).
+
+    A scrape reads these few rows instead of aggregating the audit table, so it costs the same
+    at any history. `name` says what is counted (`state_changes:<context_type>` by `label` the
+    state changed to, `expiry_lateness` by bucket, `sweep_runs`, ...); sums of durations are in
+    whole milli- or microseconds, so every total is an exact integer whatever order writers add
+    in.
+    """
+
+    __tablename__ = "temporary_enrollment_metric_totals"
+    __table_args__ = (SCHEMA,)
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class SkipLog(Base):
+    """When the sweep last logged a pairing it skips for bad data (tasks/skip_logs.py).
+
+    Every sweep lists its skipped pairings in its summary, but logs one at ERROR only when it
+    first appears and once a day after; this row, shared by every worker and kept across
+    restarts, is that memory. One row per pairing and reason while the pairing is skipped for it:
+    a sweep that went through all of its scope without meeting it again removes the row.
+    """
+
+    __tablename__ = "temporary_enrollment_skip_logs"
+    __table_args__ = (SCHEMA,)
+
+    temporary_enrollment_pairing_id: Mapped[int] = mapped_column(
+        BigId, primary_key=True, autoincrement=False
+    )
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Whose pairing it is: a sweep of one root account clears only that account's rows.
+    root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    last_logged_at: Mapped[dt.datetime] = mapped_column(nullable=False)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from models import MAX_ID
 from tasks.lifecycle import LifecycleError
 
-# PostgreSQL's bigint, Canvas's id columns: an id outside it can name nothing.
-MAX_ID = 2**63 - 1
 # How much of a value an error message repeats: enough to recognise it, never a megabyte of it.
 SHOWN_LIMIT = 100
 

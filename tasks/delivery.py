@@ -13,9 +13,10 @@ from typing import Any
 from celery import shared_task
 from celery.signals import task_success
 
-from tasks import RETRY_BACKOFF_MAX_SECONDS, RETRY_ON, notices, retried_if_unavailable, webhooks
+from tasks import notices, webhooks
+from tasks.jobs import RETRY_BACKOFF_MAX_SECONDS, RETRY_ON, retried_if_unavailable
 from worker import runtime
-from worker.events import DELIVER_WEBHOOKS_TASK, SEND_NOTICES_TASK
+from worker.beat import DELIVER_WEBHOOKS_TASK, SEND_NOTICES_TASK
 from worker.settings import get_settings
 
 log = logging.getLogger("tep.tasks")

@@ -40,6 +40,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    delete,
     exists,
     func,
     insert,
@@ -53,6 +54,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from models import (
@@ -74,7 +76,7 @@ from models import (
     transaction,
     utcnow,
 )
-from tasks import canvas_callbacks, deadlines
+from tasks import canvas_callbacks, deadlines, metric_totals, skip_logs
 
 log = logging.getLogger("tep.lifecycle")
 
@@ -115,6 +117,13 @@ SKIP_ACCOUNT_DELETED = "account_deleted"
 
 # The nightly run also rebuilds the deadline index from Canvas's rows (tasks/deadlines.py).
 TRIGGER_NIGHTLY = "nightly"
+
+# How a recorded run went. A run cut short is recorded with what its committed batches did:
+# `interrupted` when it was stopped from outside (Ctrl-C, a signal, the process exiting: a
+# BaseException that is not an Exception), `failed` when an error ended it (a time limit too).
+RUN_COMPLETED = "completed"
+RUN_INTERRUPTED = "interrupted"
+RUN_FAILED = "failed"
 
 ENROLLMENT = "Enrollment"
 PAIRING = "TemporaryEnrollmentPairing"
@@ -210,21 +219,16 @@ class RunSummary:
     batches: int = 0
     # Deadline index rows written by this run's discovery (tasks/deadlines.py).
     discovered: int = 0
+    status: str = RUN_COMPLETED
+    error: str | None = None  # what cut the run short
 
     @property
     def enrollments_changed_total(self) -> int:
         return sum(self.enrollments_changed.values())
 
     def skip(self, pairing: SkippedPairing) -> None:
-        if pairing.pairing_id not in self.skipped:
-            self.skipped[pairing.pairing_id] = pairing
-            log.error(
-                "skipped pairing %s (root account %s): %s: %s",
-                pairing.pairing_id,
-                pairing.root_account_id,
-                pairing.reason,
-                pairing.detail,
-            )
+        """List a pairing as skipped; logged once the run is over (:func:`log_skipped`)."""
+        self.skipped.setdefault(pairing.pairing_id, pairing)
 
     def to_json(self) -> dict[str, Any]:
         finished = self.finished_at or utcnow()
@@ -245,7 +249,14 @@ class RunSummary:
             "started_at": iso(self.started_at),
             "finished_at": iso(finished),
             "duration_seconds": round((finished - self.started_at).total_seconds(), 3),
+            "status": self.status,
+            "error": self.error,
         }
+
+    def copy(self) -> RunSummary:
+        return dataclasses.replace(
+            self, enrollments_changed=dict(self.enrollments_changed), skipped=dict(self.skipped)
+        )
 
 
 def _by_id(skipped: SkippedPairing) -> int:
@@ -519,7 +530,8 @@ def _expire_in_two_statements(
     # operations. SQLAlchemy only keeps an INSERT's row count when asked to.
     connection = session.connection()
     audited = connection.execute(audit.execution_options(preserve_rowcount=True)).rowcount
-    ids = list(session.scalars(select(Enrollment.id).where(scope)))
+    rows = session.execute(select(Enrollment.id, Enrollment.end_at).where(scope)).all()
+    ids = [id_ for id_, _ in rows]
     changed = connection.execute(
         update(Enrollment).where(_id_in(session, Enrollment.id, ids)).values(**values)
     ).rowcount
@@ -529,6 +541,16 @@ def _expire_in_two_statements(
             "batch rolled back"
         )
     canvas_callbacks.sync_enrollments(session, ids, ctx.as_of, ctx.changed_at)
+    metric_totals.count_state_changes(session, ENROLLMENT, ending_state, changed)
+    if ctx.reason == REASON_EXPIRED:
+        metric_totals.count_lateness(
+            session,
+            (
+                metric_totals.lateness_microseconds(ctx.changed_at, end_at)
+                for _, end_at in rows
+                if end_at is not None
+            ),
+        )
     return int(changed)
 
 
@@ -587,6 +609,8 @@ def _expire_and_audit_in_one_statement(
       returned, after the write, where its order costs nothing.
     * The audit rows are made from what the UPDATE returned, so they are exactly the rows it
       changed: the count check of the portable path holds by construction.
+    * The counts come back per state and, for the metric totals (tasks/metric_totals.py), per
+      lateness bucket: the audit rows joined to the changed rows' `end_at`, in this statement.
     """
     pairing_ids = bindparam(None, list(ending_states), type_=ARRAY(BigInteger))
     claimed = select(
@@ -659,15 +683,35 @@ def _expire_and_audit_in_one_statement(
                 *_audit_constants(ctx),
             ).join_from(changed, due, due.c.id == changed.c.id),
         )
-        .returning(StateChange.to_state)
+        .returning(StateChange.to_state, StateChange.context_id)
         .cte("audited")
     )
+    late = metric_totals.lateness_microseconds_sql(
+        literal(ctx.changed_at, type_=CanvasTimestamp()), changed.c.end_at
+    ).label("late")
+    # Materialized: each row's lateness is computed once (numeric arithmetic), not once more for
+    # every bucket the CASE below tries, as an inlined subquery had it (9 % of a batch's time).
+    lateness = (
+        select(audited.c.to_state, late)
+        .join_from(audited, changed, changed.c.id == audited.c.context_id)
+        .cte("lateness")
+        .prefix_with("MATERIALIZED")
+    )
+    bucket = metric_totals.lateness_bucket_sql(lateness.c.late)
+    late_ms = func.coalesce(func.sum(metric_totals.milliseconds_sql(lateness.c.late)), 0)
     counts = (
-        select(audited.c.to_state, func.count())
-        .group_by(audited.c.to_state)
+        select(lateness.c.to_state, bucket, func.count(), late_ms)
+        .group_by(lateness.c.to_state, bucket)
         .add_cte(cached, touched)
     )
-    return {state: int(n) for state, n in session.connection().execute(counts)}
+    changes: dict[str, int] = {}
+    for state, bucket_label, n, late_total in session.connection().execute(counts):
+        changes[state] = changes.get(state, 0) + int(n)
+        if ctx.reason == REASON_EXPIRED:
+            metric_totals.count_lateness_bucket(session, bucket_label, int(n), int(late_total))
+    for state, n in changes.items():
+        metric_totals.count_state_changes(session, ENROLLMENT, state, n)
+    return changes
 
 
 def pairings_with_nothing_left(
@@ -747,6 +791,7 @@ def audit_pairings(
                 for pid, root, from_state in pairings
             ],
         )
+    metric_totals.count_state_changes(session, PAIRING, to_state, len(pairings))
     return pairings
 
 
@@ -937,66 +982,151 @@ def run_sweep(
     if account_id is not None:
         with transaction(factory, commit=False) as session:
             require_root_account(session, account_id)
-    # Bring tep's deadline index up to what others wrote (tasks/deadlines.py). This commits even
-    # in a dry run: it changes no enrollment or pairing, only where tep looks for due work.
-    with transaction(factory) as session:
-        _plan_for_the_sweep(session)
-        if trigger == TRIGGER_NIGHTLY:
-            summary.discovered = deadlines.rebuild(session)
-        else:
-            summary.discovered = deadlines.discover(session, as_of)
-    with transaction(factory, commit=False) as session:
-        _plan_for_the_sweep(session)
-        # Pairings with an undated live enrollment are never due, so no window would meet them;
-        # list them here so that every run reports them until someone fixes the data.
-        for bad in pairings_missing_end_at(session, account_id=account_id):
-            summary.skip(bad)
-
-    # Pairings not to take again: those skipped (bad data), and in a dry run every one already
-    # counted, since nothing changes and a pairing with due rows in two windows would be met (and
-    # counted) twice. A real run expires all of a pairing's due rows at once, so its later rows
-    # are gone from the index by the next window.
-    seen: set[int] = set(summary.skipped)
-    done: Container[int] = seen if dry_run else summary.skipped.keys()
-    after: tuple[dt.datetime, int] | None = None
-    while True:
+    # What the committed batches did, and the batch being written: the record of a run that an
+    # exception or a signal cuts short.
+    committed = summary.copy()
+    in_flight: Collection[int] = ()
+    try:
+        # Bring tep's deadline index up to what others wrote (tasks/deadlines.py). This commits
+        # even in a dry run: it changes no enrollment or pairing, only where tep looks for work.
+        with transaction(factory) as session:
+            _plan_for_the_sweep(session)
+            if trigger == TRIGGER_NIGHTLY:
+                summary.discovered = deadlines.rebuild(session)
+            else:
+                summary.discovered = deadlines.discover(session, as_of)
         with transaction(factory, commit=False) as session:
             _plan_for_the_sweep(session)
-            last, window = _next_window(session, as_of, account_id, after, window_size)
-        if last is None:
-            break
-        if after is not None and last <= after:
-            # The keyset must move forward; a window that does not would be read for ever.
-            raise LifecycleError(f"sweep window did not advance past {after}; sweep stopped")
-        after = last
-        for pairing_ids in _batches(window, batch_size, done):
-            with transaction(factory, commit=not dry_run) as session:
+            # Pairings with an undated live enrollment are never due, so no window would meet
+            # them; list them here so that every run reports them until someone fixes the data.
+            for bad in pairings_missing_end_at(session, account_id=account_id):
+                summary.skip(bad)
+        committed = summary.copy()
+
+        # Pairings not to take again: those skipped (bad data), and in a dry run every one
+        # already counted, since nothing changes and a pairing with due rows in two windows would
+        # be met (and counted) twice. A real run expires all of a pairing's due rows at once, so
+        # its later rows are gone from the index by the next window.
+        seen: set[int] = set(summary.skipped)
+        done: Container[int] = seen if dry_run else summary.skipped.keys()
+        after: tuple[dt.datetime, int] | None = None
+        while True:
+            with transaction(factory, commit=False) as session:
                 _plan_for_the_sweep(session)
-                expire_batch(session, pairing_ids, summary, write=not dry_run)
-                summary.batches += 1
-            if dry_run:
-                seen.update(pairing_ids)
-            if on_batch is not None:
-                on_batch(summary)
+                last, window = _next_window(session, as_of, account_id, after, window_size)
+            if last is None:
+                break
+            if after is not None and last <= after:
+                # The keyset must move forward; a window that does not would be read for ever.
+                raise LifecycleError(f"sweep window did not advance past {after}; sweep stopped")
+            after = last
+            for pairing_ids in _batches(window, batch_size, done):
+                in_flight = pairing_ids
+                with transaction(factory, commit=not dry_run) as session:
+                    _plan_for_the_sweep(session)
+                    expire_batch(session, pairing_ids, summary, write=not dry_run)
+                    summary.batches += 1
+                committed, in_flight = summary.copy(), ()
+                if dry_run:
+                    seen.update(pairing_ids)
+                if on_batch is not None:
+                    on_batch(summary)
+    except BaseException as error:
+        if not dry_run:
+            record_cut_short(factory, summary, committed, in_flight, error)
+        raise
 
     summary.finished_at = utcnow()
     if not dry_run:
         record_run(factory, summary)
-    log.info(
-        "sweep %s as of %s%s: %d enrollment(s) changed %s, %d pairing(s) ended, %d skipped",
-        summary.run_id,
-        iso(as_of),
-        " (dry run)" if dry_run else "",
-        summary.enrollments_changed_total,
-        summary.enrollments_changed,
-        summary.pairings_ended,
-        len(summary.skipped),
-    )
+        log_skipped(factory, summary)
+    log_summary(summary)
     return summary
 
 
+# The skipped pairings a run's log line names; its summary (and its recorded run) lists them all.
+SKIPPED_IDS_LOGGED = 20
+
+
+def log_summary(summary: RunSummary) -> None:
+    """The run's one log line, its counts also as fields of a JSON log (worker/logs.py).
+
+    Celery's line on the sweep task's success leaves out the task's result, which is this same
+    summary (worker/celery_app.py), so a sweep is logged once."""
+    skipped = sorted(summary.skipped)
+    named = ", ".join(str(pid) for pid in skipped[:SKIPPED_IDS_LOGGED])
+    more = len(skipped) - SKIPPED_IDS_LOGGED
+    facts = summary.to_json()
+    del facts["pairings_skipped"]  # the whole list (with details), every tick: too much
+    log.info(
+        "sweep %s as of %s%s: %d enrollment(s) changed %s, %d pairing(s) ended, %d skipped%s"
+        " in %.3f s",
+        summary.run_id,
+        iso(summary.as_of),
+        " (dry run)" if summary.dry_run else "",
+        summary.enrollments_changed_total,
+        summary.enrollments_changed,
+        summary.pairings_ended,
+        len(skipped),
+        f" ({named}{f' and {more} more' if more > 0 else ''})" if skipped else "",
+        facts["duration_seconds"],
+        extra={
+            **facts,
+            "pairings_skipped": len(skipped),
+            "skipped_pairing_ids": skipped[:SKIPPED_IDS_LOGGED],
+        },
+    )
+
+
+def log_skipped(factory: sessionmaker[Session], summary: RunSummary) -> None:
+    """Log at ERROR the run's skipped pairings that are new, or were last logged a day or more
+    ago (tasks/skip_logs.py); its summary lists every one either way.
+
+    Only for a committed run that went through its whole scope: a dry run or a run cut short
+    logs none (the next run does)."""
+    skipped = sorted(summary.skipped.values(), key=_by_id)
+    try:
+        with transaction(factory) as session:
+            due = skip_logs.to_log(
+                session, skipped, as_of=summary.as_of, account_id=summary.account_id
+            )
+    except SQLAlchemyError as error:
+        # Without the memory, every one is logged: better twice than never.
+        log.warning(
+            "sweep %s: could not note which skipped pairings were logged: %s",
+            summary.run_id,
+            _first_line(error),
+            extra={"run_id": summary.run_id},
+        )
+        due = {(s.pairing_id, s.reason) for s in skipped}
+    for pairing in skipped:
+        if (pairing.pairing_id, pairing.reason) in due:
+            log.error(
+                "skipped pairing %s (root account %s): %s: %s",
+                pairing.pairing_id,
+                pairing.root_account_id,
+                pairing.reason,
+                pairing.detail,
+                extra={"run_id": summary.run_id, **dataclasses.asdict(pairing)},
+            )
+
+
 def record_run(factory: sessionmaker[Session], summary: RunSummary) -> None:
+    """Record a committed run (or one cut short, with what its committed batches did).
+
+    Idle runs do not each add a row: beat's tick alone would add 1,440 a day, and the runs that
+    did something would scroll away among them. An idle run (:func:`is_idle_run`) takes the
+    place of the latest row when that one is an idle run of the same trigger and account, and
+    carries on its streak in the summary: `idle_runs` (how many runs the row stands for) and
+    `idle_since` (when the first of them started). The row is otherwise this run's, so the
+    latest row is always the last run (the metrics' last-sweep time moves on every tick), and
+    every run that changed something or failed keeps a row of its own. The metric totals count
+    each run as its row is inserted (tasks/metric_totals.py), idle ones included.
+    """
+    recorded = summary.to_json()
     with transaction(factory) as session:
+        if is_idle_run(recorded):
+            recorded.update(_idle_streak(session, summary))
         session.add(
             SweepRun(
                 id=summary.run_id,
@@ -1008,9 +1138,129 @@ def record_run(factory: sessionmaker[Session], summary: RunSummary) -> None:
                 enrollments_changed=summary.enrollments_changed_total,
                 pairings_ended=summary.pairings_ended,
                 pairings_skipped=len(summary.skipped),
-                summary=json.dumps(summary.to_json()),
+                summary=json.dumps(recorded),
             )
         )
+
+
+def is_idle_run(summary: Mapping[str, Any]) -> bool:
+    """Whether a recorded run (its JSON summary) completed and changed nothing: no enrollment,
+    no pairing end. It may have skipped pairings: those are left as they were."""
+    return (
+        summary.get("status", RUN_COMPLETED) == RUN_COMPLETED
+        and not summary.get("enrollments_changed_total")
+        and not summary.get("pairings_ended")
+    )
+
+
+def _idle_streak(session: Session, summary: RunSummary) -> dict[str, Any]:
+    """The streak an idle run carries on: the latest row's, which is removed, when that row is
+    an idle run of the same trigger and account that started no later; else a new one."""
+    streak: dict[str, Any] = {"idle_runs": 1, "idle_since": iso(summary.started_at)}
+    latest = session.execute(
+        select(
+            SweepRun.id,
+            SweepRun.trigger,
+            SweepRun.account_id,
+            SweepRun.started_at,
+            SweepRun.summary,
+        )
+        .order_by(SweepRun.started_at.desc(), SweepRun.id.desc())
+        .limit(1)
+    ).first()
+    if (
+        latest is None
+        or (latest.trigger, latest.account_id) != (summary.trigger, summary.account_id)
+        or latest.started_at > summary.started_at
+    ):
+        return streak
+    previous = json.loads(latest.summary)
+    if not is_idle_run(previous):
+        return streak
+    # By its id: a concurrent idle run that took its place first leaves nothing to delete here,
+    # and this run starts a streak of its own rather than count the other's twice.
+    removed = session.connection().execute(delete(SweepRun).where(SweepRun.id == latest.id))
+    if removed.rowcount:
+        streak = {
+            "idle_runs": int(previous.get("idle_runs", 1)) + 1,
+            "idle_since": previous.get("idle_since", previous["started_at"]),
+        }
+    return streak
+
+
+def record_cut_short(
+    factory: sessionmaker[Session],
+    summary: RunSummary,
+    committed: RunSummary,
+    in_flight: Collection[int],
+    error: BaseException,
+) -> None:
+    """Record a run that `error` cut short, with what its committed batches changed (the audit
+    rows of its run id). A failure to record is logged: it must not hide the error, which the
+    caller raises on."""
+    cause = _root_cause(error)
+    try:
+        # A signal that comes during a batch's COMMIT is raised once the COMMIT is done: the
+        # batch being written may have committed after all.
+        if in_flight and _audited(factory, summary.run_id, in_flight):
+            committed = summary.copy()
+        committed.status = RUN_FAILED if isinstance(cause, Exception) else RUN_INTERRUPTED
+        committed.error = _first_line(cause)
+        committed.finished_at = utcnow()
+        record_run(factory, committed)
+    except Exception as failure:
+        # Expected when the database itself cut the run short, whose error the caller reports.
+        log.log(
+            logging.INFO if isinstance(error, SQLAlchemyError) else logging.ERROR,
+            "sweep %s: could not record the run that %s cut short: %s",
+            summary.run_id,
+            type(cause).__name__,
+            _first_line(failure),
+        )
+        return
+    # INFO: whatever cut the run short is reported by whoever sees the error (the worker's task
+    # failure, the CLI's one line).
+    log.info(
+        "sweep %s %s (%s): its committed batches changed %d enrollment(s), ended %d pairing(s)",
+        summary.run_id,
+        committed.status,
+        committed.error,
+        committed.enrollments_changed_total,
+        committed.pairings_ended,
+    )
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """What cut the run short, not what failed as its transaction was rolled back for it: a
+    Celery soft time limit raised in the middle of a statement makes the ROLLBACK fail with
+    "another command is already in progress" (SQLAlchemy's error, from psycopg's, during it)."""
+    seen = {id(error)}
+    while True:
+        before = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if before is None or id(before) in seen:
+            return error
+        seen.add(id(before))
+        error = before
+
+
+def _first_line(error: BaseException) -> str:
+    """`OperationalError: connection refused`: an error's class and first line, cut short."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def _audited(factory: sessionmaker[Session], run_id: str, pairing_ids: Collection[int]) -> bool:
+    """Whether this run wrote audit rows for any of these pairings (by the pairing index)."""
+    with transaction(factory, commit=False) as session:
+        found = session.scalar(
+            select(StateChange.id)
+            .where(
+                _id_in(session, StateChange.temporary_enrollment_pairing_id, pairing_ids),
+                StateChange.run_id == run_id,
+            )
+            .limit(1)
+        )
+    return found is not None
 
 
 def require_root_account(session: Session, account_id: int) -> Account:

@@ -1,13 +1,14 @@
 """Prometheus metrics, read from the database on each scrape.
 
-The numbers live in the database (the audit table, the sweep runs, the outbox and notice tables),
-so every process that serves them (the worker's endpoint, the API's `/metrics`) shows the same
-values, they survive restarts, and they cannot drift from what actually happened: there are no
-in-process counters to lose or to double count across worker processes.
+The numbers live in the database, so every process that serves them (the worker's endpoint, the
+API's `/metrics`) shows the same values, they survive restarts, and there are no in-process
+counters to lose or to double count across worker processes.
 
-Cost: each scrape counts the audit table by state (an aggregate over its rows) and joins the
-expired enrollments for the lateness histogram. That is cheap for the audit volumes this service
-produces; should it ever not be, those two belong in a rollup table kept by the sweep.
+Cost: the counters (changes by state, pairings ended and deleted, runs, skips, the lateness
+histogram) are read from the totals kept as changes commit (tasks/metric_totals.py), a few rows
+whatever the history; the gauges read the last run (one row by its index), the sweep's backlog,
+the webhook outbox above each receiver's low-water mark and the notices. A scrape never
+aggregates the audit table (bench/metrics.py measures it at 10,000,000 audit rows).
 """
 
 from __future__ import annotations
@@ -26,39 +27,21 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import (
-    ENDING_ENROLLMENT_STATES,
-    Enrollment,
-    Notice,
-    StateChange,
-    SweepRun,
-    utcnow,
-)
-from tasks import lifecycle, webhooks
+from models import ENDING_ENROLLMENT_STATES, Notice, SweepRun, utcnow
+from tasks import lifecycle, metric_totals, webhooks
+from tasks.metric_totals import Key
 from worker.notify_settings import receiver_label, receiver_labels
 
 log = logging.getLogger("tep.metrics")
 
-# Lateness buckets (seconds from an enrollment's end_at to its change). Timers (tasks/timers.py)
-# keep it under a second, so the buckets resolve 0.1 s up to 2 minutes (a timer lost and the
-# interval sweep catching up: up to one interval, 60 s by default); the long ones show a stopped
-# worker or a nightly-only setup.
-LATENESS_BUCKETS: tuple[float, ...] = (
-    0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 86400,
-)  # fmt: skip
+# The lateness histogram's bounds, kept with the totals (tasks/metric_totals.py).
+LATENESS_BUCKETS = metric_totals.LATENESS_BUCKETS
 # The last runs whose skipped pairings are reported as currently skipped.
 RECENT_RUNS = 1
-
-
-def seconds_between(session: Session, start: Any, end: Any) -> ColumnElement[Any]:
-    """`end - start` in seconds, as SQL, on PostgreSQL and on SQLite (which stores ISO text)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.extract("epoch", end - start)
-    return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
 class LifecycleCollector(Collector):
@@ -83,9 +66,10 @@ class LifecycleCollector(Collector):
         return [*metrics, up]
 
     def _collect(self, session: Session) -> Iterator[Metric]:
-        yield from self._changes(session)
-        yield from self._runs(session)
-        yield self._lateness(session)
+        totals = metric_totals.read(session)
+        yield from self._changes(totals)
+        yield from self._runs(session, totals)
+        yield self._lateness(totals)
         due = GaugeMetricFamily(
             "tep_due_enrollments",
             "Temporary enrollments due now and not yet expired (the sweep's backlog).",
@@ -94,62 +78,40 @@ class LifecycleCollector(Collector):
         yield due
         yield from self._outbound(session)
 
-    def _changes(self, session: Session) -> Iterator[Metric]:
+    def _changes(self, totals: dict[Key, int]) -> Iterator[Metric]:
         changed = CounterMetricFamily(
             "tep_enrollments_changed",
             "Temporary enrollments moved to an ending state, by that state.",
             labels=["ending_state"],
         )
-        counts = dict.fromkeys(ENDING_ENROLLMENT_STATES, 0)
-        rows = session.execute(
-            select(StateChange.to_state, func.count())
-            .where(
-                StateChange.context_type == lifecycle.ENROLLMENT,
-                StateChange.to_state.in_(ENDING_ENROLLMENT_STATES),
-            )
-            .group_by(StateChange.to_state)
-        )
-        for state, n in rows:
-            counts[state] = n
-        for state, n in counts.items():
-            changed.add_metric([state], n)
+        for state in ENDING_ENROLLMENT_STATES:
+            key = metric_totals.state_change_key(lifecycle.ENROLLMENT, state)
+            changed.add_metric([state], totals.get(key, 0))
         yield changed
 
-        pairings = dict(
-            session.execute(
-                select(StateChange.to_state, func.count())
-                .where(
-                    StateChange.context_type == lifecycle.PAIRING,
-                    StateChange.to_state.in_(("ended", "deleted")),
-                )
-                .group_by(StateChange.to_state)
-            ).all()
-        )
+        def pairings(to_state: str) -> int:
+            return totals.get(metric_totals.state_change_key(lifecycle.PAIRING, to_state), 0)
+
         ended = CounterMetricFamily(
             "tep_pairings_ended", "Pairings that ended (all their enrollments expired)."
         )
-        ended.add_metric([], pairings.get("ended", 0))
+        ended.add_metric([], pairings("ended"))
         yield ended
         deleted = CounterMetricFamily(
             "tep_pairings_deleted", "Pairings deleted (ended early through the API)."
         )
-        deleted.add_metric([], pairings.get("deleted", 0))
+        deleted.add_metric([], pairings("deleted"))
         yield deleted
 
-    def _runs(self, session: Session) -> Iterator[Metric]:
-        duration = seconds_between(session, SweepRun.started_at, SweepRun.finished_at)
-        count, total, skipped = session.execute(
-            select(
-                func.count(),
-                func.coalesce(func.sum(duration), 0.0),
-                func.coalesce(func.sum(SweepRun.pairings_skipped), 0),
-            )
-        ).one()
+    def _runs(self, session: Session, totals: dict[Key, int]) -> Iterator[Metric]:
+        def total(name: str) -> int:
+            return totals.get((name, metric_totals.NO_LABEL), 0)
+
         runs = SummaryMetricFamily(
             "tep_sweep_run_duration_seconds",
             "Committed sweep runs and their total duration.",
-            count_value=int(count),
-            sum_value=float(total),
+            count_value=total(metric_totals.RUNS),
+            sum_value=total(metric_totals.RUN_MICROSECONDS) / metric_totals.MICROSECONDS_PER_SECOND,
         )
         yield runs
         skipped_total = CounterMetricFamily(
@@ -157,11 +119,11 @@ class LifecycleCollector(Collector):
             "Pairings skipped by sweep runs, summed over runs (a pairing skipped by every run "
             "counts once per run).",
         )
-        skipped_total.add_metric([], int(skipped))
+        skipped_total.add_metric([], total(metric_totals.RUNS_SKIPPED))
         yield skipped_total
 
         last = session.execute(
-            select(SweepRun.finished_at, duration, SweepRun.summary)
+            select(SweepRun.started_at, SweepRun.finished_at, SweepRun.summary)
             .order_by(SweepRun.started_at.desc(), SweepRun.id.desc())
             .limit(RECENT_RUNS)
         ).first()
@@ -186,8 +148,8 @@ class LifecycleCollector(Collector):
             0,
         )
         if last is not None:
-            finished_at, seconds, summary = last
-            last_duration.add_metric([], float(seconds))
+            started_at, finished_at, summary = last
+            last_duration.add_metric([], (finished_at - started_at).total_seconds())
             last_finished.add_metric([], finished_at.timestamp())
             for item in json.loads(summary).get("pairings_skipped", []):
                 reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
@@ -197,33 +159,26 @@ class LifecycleCollector(Collector):
             now_skipped.add_metric([reason], n)
         yield now_skipped
 
-    def _lateness(self, session: Session) -> Metric:
-        # Never below zero: an expiry is never early (`end_at <= as_of`), but a restore with
-        # --end-at moves `end_at` past the change that expired the enrollment before.
-        raw = seconds_between(session, Enrollment.end_at, StateChange.created_at)
-        lateness = case((raw < 0, 0.0), else_=raw).label("s")
-        late = (
-            select(lateness)
-            .join(Enrollment, Enrollment.id == StateChange.context_id)
-            .where(
-                StateChange.context_type == lifecycle.ENROLLMENT,
-                StateChange.reason == lifecycle.REASON_EXPIRED,
-                Enrollment.end_at.is_not(None),
-            )
-            .subquery()
-        )
-        columns = [func.count(), func.coalesce(func.sum(late.c.s), 0.0)] + [
-            func.coalesce(func.sum(case((late.c.s <= bound, 1), else_=0)), 0)
-            for bound in LATENESS_BUCKETS
+    def _lateness(self, totals: dict[Key, int]) -> Metric:
+        # Kept per bucket; a bucket's `le` sample counts every bucket up to its bound (and an
+        # expiry counted under a bound no longer in LATENESS_BUCKETS counts from the next one up).
+        per_bucket = [
+            (float(label), n)
+            for (name, label), n in totals.items()
+            if name == metric_totals.LATENESS
         ]
-        count, total, *cumulative = session.execute(select(*columns).select_from(late)).one()
-        buckets = [(_bound(b), int(n)) for b, n in zip(LATENESS_BUCKETS, cumulative, strict=True)]
-        buckets.append(("+Inf", int(count)))
+        buckets = [
+            (metric_totals.bucket_label(b), sum(n for bound, n in per_bucket if bound <= b))
+            for b in LATENESS_BUCKETS
+        ]
+        buckets.append((metric_totals.INF, sum(n for _, n in per_bucket)))
+        milliseconds = totals.get((metric_totals.LATENESS_MILLISECONDS, metric_totals.NO_LABEL), 0)
         return HistogramMetricFamily(
             "tep_expiry_lateness_seconds",
-            "Time from a temporary enrollment's end_at to the sweep changing it.",
+            "Time from a temporary enrollment's end_at to the sweep changing it (never below "
+            "zero: a run ahead of time is not late).",
             buckets=buckets,
-            sum_value=float(total),
+            sum_value=milliseconds / metric_totals.MILLISECONDS_PER_SECOND,
         )
 
     def _outbound(self, session: Session) -> Iterator[Metric]:
@@ -258,10 +213,6 @@ class LifecycleCollector(Collector):
         for kind, state, n in rows:
             notices.add_metric([kind, state], n)
         yield notices
-
-
-def _bound(value: float) -> str:
-    return str(float(value))  # as prometheus_client writes `le` (1 -> "1.0")
 
 
 def render_metrics(

@@ -6,7 +6,9 @@ Two steps, both safe to run any number of times at once:
   (pairing, kind, threshold) constraint: a pairing gets each notice at most once, whoever plans it.
 * :func:`send_notices` leases pending notices (a conditional UPDATE, so two senders never take the
   same one), sends one message per pairing over SMTP, and records the outcome. An SMTP server that
-  cannot be reached makes the Celery task retry; the notice keeps its place.
+  cannot be reached makes the Celery task retry; the notice keeps its place. A notice that cannot
+  be built (a stored address that is not one plain address) is marked failed alone, with its
+  reason; the others are sent. Stored names are shown on one line, so none can add a header.
 
 The recipient of the pairing's enrollments is the addressee, the pairing's creator is copied;
 addresses are each user's first active `email` communication channel, as in Canvas.
@@ -16,16 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import email.errors
 import logging
+import re
 import smtplib
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import (
@@ -49,7 +55,7 @@ from models import (
 )
 from tasks import lifecycle
 from tasks.webhooks import insert_or_skip, reader
-from worker.notify_settings import SmtpConfig
+from worker.notify_settings import SmtpConfig, check_address
 
 log = logging.getLogger("tep.notices")
 
@@ -85,6 +91,18 @@ def human(delta: dt.timedelta) -> str:
 
 def when(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# Control characters (\r, \n, \x85, escape, ...). The other line breaks (\u2028, \u2029) are
+# whitespace to `str.split`.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str | None) -> str:
+    """A stored value (a course, account or person's name) as a notice shows it: on one line,
+    each run of line breaks, control characters and spaces one space, so that it can neither
+    end the Subject header nor add lines of its own to the text."""
+    return " ".join(_CONTROL.sub(" ", text or "").split())
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,33 +259,41 @@ def compose(session: Session, notice: Notice) -> Composed:
         )
     }
     addresses = email_addresses(session, [*recipient_ids, pairing.created_by_id or -1])
+    if obsolete is None:  # to be sent: the addresses go into headers and the envelope as stored
+        for user_id, address in addresses.items():
+            try:
+                check_address(address)
+            except ValueError as error:
+                raise ValueError(f"the email address of user {user_id}: {error}") from None
     to = [addresses[u] for u in recipient_ids if u in addresses]
     creator_address = addresses.get(pairing.created_by_id or -1)
     cc = [creator_address] if creator_address and creator_address not in to else []
     account = session.get(Account, pairing.root_account_id)
     # Canvas's names may be NULL: such a person is left out of the list, not printed as "None".
-    names = (
-        ", ".join(name for u in recipient_ids if u in people and (name := people[u].name))
-        or "the recipient"
-    )
+    recipient_names = [one_line(people[u].name) for u in recipient_ids if u in people]
+    names = ", ".join(name for name in recipient_names if name) or "the recipient"
     ending = lifecycle.resolve_ending_state(pairing.ending_enrollment_state) or "deleted"
     before = notice.kind == NOTICE_BEFORE_END
 
     def course_line(enrollment: Enrollment, course: Course) -> str:
-        code = f" ({course.course_code})" if course.course_code else ""
-        line = f"  - {course.name}{code}: {enrollment.type}"
+        code = one_line(course.course_code)
+        code = f" ({code})" if code else ""
+        line = f"  - {one_line(course.name)}{code}: {one_line(enrollment.type)}"
         if enrollment.end_at is not None:
             line += f", {'ends' if before else 'until'} {when(enrollment.end_at)}"
         provider = people.get(enrollment.temporary_enrollment_source_user_id or -1)
         if provider is not None:
-            line += f", in place of {provider.name}"
+            line += f", in place of {one_line(provider.name)}"
         if not before:
             line += f" (now {enrollment.workflow_state})"
         return line
 
     courses = [course_line(enrollment, course) for enrollment, course in listed]
-    course_names = ", ".join(dict.fromkeys(course.name for _, course in listed if course.name))
-    where = f"{account.name} " if account else ""
+    course_names = ", ".join(
+        dict.fromkeys(name for _, course in listed if (name := one_line(course.name)))
+    )
+    account_name = one_line(account.name) if account else ""
+    where = f"{account_name} " if account_name else ""
     if notice.kind == NOTICE_BEFORE_END:
         within = human(dt.timedelta(seconds=notice.threshold_seconds))
         subject = f"Temporary access ends in {within}: {course_names}"
@@ -292,7 +318,7 @@ def compose(session: Session, notice: Notice) -> Composed:
             *courses,
             "",
             f"Temporary enrollment pairing {pairing.id}"
-            + (f", created by {creator.name}." if creator else "."),
+            + (f", created by {one_line(creator.name)}." if creator else "."),
             "You receive this because you are the recipient or created the pairing.",
         ]
     )
@@ -300,12 +326,15 @@ def compose(session: Session, notice: Notice) -> Composed:
 
 
 def message_of(composed: Composed, notice: Notice, mail_from: str) -> EmailMessage:
+    """The notice as a message. Addresses go in as `Address` objects, each of which must parse
+    whole as one address, and the Subject is made of one-line values (`compose`), so that no
+    stored value can end a header or add one; the policy folds and encodes the rest."""
     message = EmailMessage()
-    message["From"] = mail_from
+    message["From"] = Address(addr_spec=mail_from)
     if composed.to:
-        message["To"] = ", ".join(composed.to)
+        message["To"] = [Address(addr_spec=address) for address in composed.to]
     if composed.cc:
-        message["Cc"] = ", ".join(composed.cc)
+        message["Cc"] = [Address(addr_spec=address) for address in composed.cc]
     message["Subject"] = composed.subject
     message["Message-ID"] = make_msgid(
         idstring=f"tep-notice-{notice.id}", domain=mail_from.rpartition("@")[2]
@@ -434,23 +463,31 @@ def _send_one(
     now: dt.datetime,
     report: NoticeReport,
 ) -> None:
+    values: dict[str, Any] = {"leased_until": None, "lease_owner": None, "updated_at": now}
+    composed: Composed | None = None
+    message: EmailMessage | None = None
+    unbuilt: Exception | None = None
     with reader(factory)() as session:
         notice = session.get(Notice, notice_id)
         assert notice is not None
-        composed = compose(session, notice)
-        message = message_of(composed, notice, mail_from)
         attempts, pairing_id = notice.attempts, notice.temporary_enrollment_pairing_id
-    values: dict[str, Any] = {
-        "leased_until": None,
-        "lease_owner": None,
-        "updated_at": now,
-        "subject": composed.subject,
-        "recipients": ", ".join(composed.recipients),
-    }
-    if composed.obsolete:
+        try:
+            composed = compose(session, notice)
+            if not composed.obsolete and composed.recipients:
+                message = message_of(composed, notice, mail_from)
+        except SQLAlchemyError:
+            raise  # the database, not this notice: the run stops and the task retries it
+        except Exception as error:  # this notice's data: it fails alone, the others are sent
+            unbuilt = error
+    if composed is not None:
+        values.update(subject=composed.subject, recipients=", ".join(composed.recipients))
+    if unbuilt is not None:
+        _fail(values, attempts + 1, f"cannot build the message: {_reason(unbuilt)}", report)
+        log.warning("notice %s for pairing %s not built: %s", notice_id, pairing_id, unbuilt)
+    elif composed is not None and composed.obsolete:
         values.update(workflow_state=NOTICE_SKIPPED, last_error=composed.obsolete)
         report.skipped += 1
-    elif not composed.recipients:
+    elif composed is None or message is None:
         values.update(workflow_state=NOTICE_SKIPPED, last_error="no active email address")
         report.skipped += 1
         log.warning("notice %s for pairing %s: nobody to send it to", notice_id, pairing_id)
@@ -463,17 +500,30 @@ def _send_one(
             attempts += 1
             values.update(
                 attempts=attempts,
-                last_error=f"{error.__class__.__name__}: {error}"[:500],
+                last_error=_reason(error),
                 next_attempt_at=now + backoff(attempts),
                 workflow_state=NOTICE_FAILED if attempts >= MAX_ATTEMPTS else NOTICE_PENDING,
             )
             report.failed += 1
             log.warning("notice %s not sent: %s", notice_id, error)
+        except (ValueError, email.errors.MessageError) as error:  # the message, as written out
+            _fail(values, attempts + 1, f"cannot write the message: {_reason(error)}", report)
+            log.warning("notice %s for pairing %s not written: %s", notice_id, pairing_id, error)
         else:
             values.update(workflow_state=NOTICE_SENT, sent_at=now, attempts=attempts + 1)
             report.sent += 1
     with transaction(factory) as session:
         session.execute(update(Notice).where(Notice.id == notice_id).values(**values))
+
+
+def _reason(error: Exception) -> str:
+    return f"{error.__class__.__name__}: {error}"[:500]
+
+
+def _fail(values: dict[str, Any], attempts: int, reason: str, report: NoticeReport) -> None:
+    """Give the notice up at once: what is wrong with it would be wrong on every retry."""
+    values.update(workflow_state=NOTICE_FAILED, attempts=attempts, last_error=reason[:500])
+    report.failed += 1
 
 
 def _give_back(

@@ -34,7 +34,7 @@ from models import (
     StateChange,
     TemporaryEnrollmentPairing,
 )
-from tasks import canvas_callbacks, deadlines, timers
+from tasks import canvas_callbacks, deadlines, metric_totals, timers
 from tasks.events import REASON_CREATED
 from tasks.lifecycle import (
     ENROLLMENT,
@@ -203,6 +203,8 @@ def restore_pairing(
             for change in undone
         ],
     )
+    for change in undone:  # a set-based insert: counted here (tasks/metric_totals.py)
+        metric_totals.count_state_changes(session, change.context_type, change.from_state, 1)
     session.refresh(pairing)
     return RestoreResult(
         pairing_id=pairing_id,

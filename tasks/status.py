@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from models import (
@@ -21,10 +23,14 @@ from models import (
     TemporaryEnrollmentPairing,
 )
 from tasks import lifecycle, webhooks
+from worker.notify_settings import receiver_labels
 
 DAY = dt.timedelta(days=1)
 WEEK = dt.timedelta(days=7)
 RECENT_RUNS = 10
+# Rows read at most, and per query, to find them (idle runs are one row per streak).
+RUNS_SCANNED = 1_000
+RUNS_PAGE = 50
 NOTICES_LISTED = 20
 
 
@@ -71,22 +77,86 @@ def due_soon(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
     ]
 
 
-def recent_runs(session: Session, limit: int = RECENT_RUNS) -> list[dict[str, Any]]:
-    runs = session.scalars(
-        select(SweepRun).order_by(SweepRun.started_at.desc(), SweepRun.id.desc()).limit(limit)
-    )
-    result = []
-    for run in runs:
-        summary: dict[str, Any] = json.loads(run.summary)
-        result.append(summary)
-    return result
+def recorded_runs(
+    session: Session, *, since: dt.datetime | None = None, limit: int = RUNS_SCANNED
+) -> Iterator[dict[str, Any]]:
+    """The recorded runs' summaries, newest first (by start), a page at a time: at most `limit`,
+    none started before `since`."""
+    after: tuple[dt.datetime, str] | None = None
+    read = 0
+    while read < limit:
+        stmt = select(SweepRun.started_at, SweepRun.id, SweepRun.summary)
+        if since is not None:
+            stmt = stmt.where(SweepRun.started_at >= since)
+        if after is not None:
+            stmt = stmt.where(
+                or_(
+                    SweepRun.started_at < after[0],
+                    and_(SweepRun.started_at == after[0], SweepRun.id < after[1]),
+                )
+            )
+        page = session.execute(
+            stmt.order_by(SweepRun.started_at.desc(), SweepRun.id.desc()).limit(
+                min(RUNS_PAGE, limit - read)
+            )
+        ).all()
+        for _, _, summary in page:
+            run: dict[str, Any] = json.loads(summary)
+            # Runs recorded before runs cut short were recorded had only completed ones.
+            run.setdefault("status", lifecycle.RUN_COMPLETED)
+            yield run
+        if len(page) < RUNS_PAGE:
+            return
+        read += len(page)
+        after = (page[-1].started_at, page[-1].id)
+
+
+def run_history(session: Session, limit: int = RECENT_RUNS) -> dict[str, Any]:
+    """The last `limit` runs that changed something or did not complete, newest first; the idle
+    runs since the newest of those (how many, and the last one); and the latest run of all,
+    whose skipped pairings are the ones skipped now.
+
+    Idle runs are recorded one row per streak (lifecycle.record_run), so the rows read here
+    are about as many as the runs shown, whatever the beat interval.
+    """
+    runs: list[dict[str, Any]] = []
+    latest: dict[str, Any] | None = None
+    last_idle: dict[str, Any] | None = None
+    idle_since: str | None = None
+    idle_runs = 0
+    for run in recorded_runs(session):
+        latest = latest or run
+        if lifecycle.is_idle_run(run):
+            last_idle = last_idle or run
+            if not runs:  # idle since the newest run listed
+                idle_runs += int(run.get("idle_runs", 1))
+                idle_since = run.get("idle_since", run["started_at"])
+        elif len(runs) < limit:
+            runs.append(run)
+        if len(runs) == limit and last_idle is not None:
+            break
+    return {
+        "last_runs": runs,
+        "idle": None
+        if last_idle is None
+        else {
+            "last_run_id": last_idle["run_id"],
+            "last_trigger": last_idle["trigger"],
+            "last_finished_at": last_idle["finished_at"],
+            # Idle runs since the newest run listed (all of them when none is).
+            "runs_since_last_listed": idle_runs,
+            "since": idle_since,
+        },
+        "latest": latest,
+    }
 
 
 def collect_status(
     session: Session, now: dt.datetime, webhook_urls: Sequence[str]
 ) -> dict[str, Any]:
-    runs = recent_runs(session)
+    history = run_history(session)
     receivers = webhooks.undelivered_counts(session, webhook_urls)
+    labels = receiver_labels(list(webhook_urls))
     unsent = session.scalars(
         select(Notice)
         .where(Notice.workflow_state.in_((NOTICE_PENDING, NOTICE_FAILED)))
@@ -104,12 +174,13 @@ def collect_status(
         "as_of": lifecycle.iso(now),
         "due": due_soon(session, now),
         "due_now_total": lifecycle.count_due(session, now),
-        "last_runs": runs,
+        "last_runs": history["last_runs"],
+        "idle_runs": history["idle"],
         # The latest run's skips: pairings left untouched until someone fixes their data.
-        "skipped_pairings": runs[0]["pairings_skipped"] if runs else [],
+        "skipped_pairings": history["latest"]["pairings_skipped"] if history["latest"] else [],
         "webhooks": [
             {
-                "url": url,
+                "url": labels[url],  # without the userinfo and query string a URL may hold
                 "undelivered": counts["undelivered"],
                 "failing": counts["failing"],
                 "oldest_undelivered_at": _iso(counts["oldest_undelivered_at"]),
@@ -136,3 +207,145 @@ def collect_status(
             ],
         },
     }
+
+
+# --------------------------------------------------------------------------------------------
+# `tep status --check`: Nagios-style levels, one finding per reason.
+
+OK = 0
+WARNING = 1
+CRITICAL = 2
+LEVEL_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL"}
+
+# How many intervals due work may wait, and the last sweep may be old, before the check says so.
+# Timers expire each enrollment within a second of its end_at and the interval sweep catches any
+# a timer missed, so due work older than two intervals is a backlog nothing is clearing; three
+# intervals without a finished sweep is deploy/prometheus/alerts.yml's TepSweepNotRunning.
+DUE_INTERVALS = 2
+STALE_INTERVALS = 3
+# With the interval sweep off (TEP_SWEEP_INTERVAL_SECONDS=0) the nightly run is the sweep.
+NIGHTLY_PERIOD = DAY
+# How far back failed and interrupted runs are looked for: the nightly run's period twice, so a
+# failed nightly run is reported until the next one completes. At most FAILURES_SCANNED rows.
+FAILURE_LOOKBACK = 2 * DAY
+FAILURES_SCANNED = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    level: int
+    message: str
+
+    def line(self) -> str:
+        return f"{LEVEL_NAMES[self.level]}: {self.message}"
+
+
+def check_level(findings: Sequence[Finding]) -> int:
+    """The exit status for these findings: the worst level among them (OK when there are none)."""
+    return max((finding.level for finding in findings), default=OK)
+
+
+def check_status(
+    session: Session, now: dt.datetime, sweep_interval: dt.timedelta | None
+) -> list[Finding]:
+    """What needs an operator now, worst first (empty when all is well):
+
+    * CRITICAL: a run failed since the last good run that does its work (below); due
+      enrollments not expired for more than DUE_INTERVALS sweep intervals (people keep access
+      past its end); no sweep finished for STALE_INTERVALS intervals (beat or the worker is
+      down), when the interval sweep is on;
+    * WARNING: a run was interrupted (stopped from outside: a restart, Ctrl-C) since the last
+      good run that does its work; the latest run skipped pairings (bad data, left untouched).
+
+    A failed or interrupted run is cleared by a later completed run of its own kind (trigger and
+    account) or, but for the nightly run (which alone rebuilds the deadline index), by any later
+    completed run over all accounts: such a run did the same work.
+    """
+    interval = sweep_interval if sweep_interval and sweep_interval.total_seconds() > 0 else None
+    findings = _failures(session, now)
+    due_for = DUE_INTERVALS * (interval or NIGHTLY_PERIOD)
+    overdue = lifecycle.count_due(session, now - due_for)
+    if overdue:
+        findings.append(
+            Finding(
+                CRITICAL,
+                f"{overdue:,} temporary enrollment(s) have been due for more than "
+                f"{_duration(due_for)} and are not expired: the sweeps are failing, stopped or "
+                "too slow",
+            )
+        )
+    latest = next(recorded_runs(session, limit=1), None)
+    if interval is not None:
+        stale = STALE_INTERVALS * interval
+        if latest is None:
+            findings.append(Finding(CRITICAL, "no sweep has run yet: is beat running?"))
+        else:
+            finished = dt.datetime.fromisoformat(latest["finished_at"])
+            if now - finished > stale:
+                findings.append(
+                    Finding(
+                        CRITICAL,
+                        f"no sweep has finished for {_duration(now - finished)} (the last at "
+                        f"{latest['finished_at']}; {STALE_INTERVALS} sweep intervals are "
+                        f"{_duration(stale)}): is beat running?",
+                    )
+                )
+    skipped = latest["pairings_skipped"] if latest else []
+    if skipped:
+        reasons = Counter(item["reason"] for item in skipped)
+        listed = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(reasons.items()))
+        findings.append(
+            Finding(
+                WARNING,
+                f"the last sweep skipped {len(skipped):,} pairing(s) ({listed}): they are left "
+                "untouched until their data is fixed; `tep status` lists them",
+            )
+        )
+    return sorted(findings, key=lambda finding: -finding.level)
+
+
+def _failures(session: Session, now: dt.datetime) -> list[Finding]:
+    """The runs that failed or were interrupted since a later good run did their work: one
+    finding per status, naming the newest such run."""
+    good: set[tuple[str, int | None]] = set()
+    all_accounts = False
+    cut_short: dict[str, list[dict[str, Any]]] = {}
+    nightly = (lifecycle.TRIGGER_NIGHTLY, None)
+    for run in recorded_runs(session, since=now - FAILURE_LOOKBACK, limit=FAILURES_SCANNED):
+        kind = (run["trigger"], run["account_id"])
+        if run["status"] == lifecycle.RUN_COMPLETED:
+            good.add(kind)
+            all_accounts = all_accounts or run["account_id"] is None
+            if all_accounts and nightly in good:
+                break  # every older run's work has been done again since
+            continue
+        if run["trigger"] == lifecycle.TRIGGER_NIGHTLY:
+            cleared = kind in good or nightly in good
+        else:
+            cleared = kind in good or all_accounts
+        if not cleared:
+            cut_short.setdefault(run["status"], []).append(run)
+    findings = []
+    for status, level in ((lifecycle.RUN_FAILED, CRITICAL), (lifecycle.RUN_INTERRUPTED, WARNING)):
+        runs = cut_short.get(status)
+        if not runs:
+            continue
+        newest = runs[0]
+        findings.append(
+            Finding(
+                level,
+                f"{len(runs):,} sweep run(s) {status} since a good run did their work; the "
+                f"newest: {newest['trigger']} run {newest['run_id']} started "
+                f"{newest['started_at']}: {newest.get('error') or status}",
+            )
+        )
+    return findings
+
+
+def _duration(delta: dt.timedelta) -> str:
+    """`45 s`, `12 min`, `5 h`, `3 days`: rounded down, for a one-line message."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"

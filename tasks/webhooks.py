@@ -42,6 +42,7 @@ from models import (
     utcnow,
 )
 from tasks.events import Event, event_from_row, event_rows_query, is_event
+from worker.notify_settings import receiver_label, receiver_labels
 
 log = logging.getLogger("tep.webhooks")
 
@@ -68,6 +69,22 @@ RECORD_EVERY = 50
 # less than the sweep's hard time limit (30 min); twice that is the margin. Only rows this old
 # move the low-water mark; newer ones are always checked one by one, so none is ever missed.
 SETTLE = dt.timedelta(hours=1)
+
+
+class LabelUrls(logging.Filter):
+    """httpx logs every request at INFO (the worker's level) with its whole URL, credentials
+    and query string included: this writes each URL in a record as its receiver label."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                receiver_label(str(arg)) if isinstance(arg, httpx.URL) else arg
+                for arg in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(LabelUrls())
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -101,7 +118,7 @@ def insert_or_skip(session: Session, table: Any) -> Insert:
 
 @dataclasses.dataclass
 class ReceiverReport:
-    url: str
+    receiver: str  # its label (receiver_labels): the task's result is logged and stored
     delivered: int = 0
     failed: int = 0
     busy: bool = False  # another run held the receiver's lease
@@ -324,10 +341,11 @@ def deliver_to(
     secret: str,
     now: dt.datetime,
     *,
+    label: str,
     max_events: int,
     clock: Callable[[], float],
 ) -> ReceiverReport:
-    report = ReceiverReport(url=url)
+    report = ReceiverReport(receiver=label)
     owner = str(uuid.uuid4())
     with transaction(factory) as session:
         low = claim(session, receiver_id, owner, now)
@@ -360,7 +378,7 @@ def deliver_to(
                 if error is not None:
                     report.failed += 1
                     report.last_error = error
-                    log.warning("webhook %s to %s failed: %s", event.id, url, error)
+                    log.warning("webhook %s to %s failed: %s", event.id, label, error)
                     failed = True
                     break
                 report.delivered += 1
@@ -394,6 +412,7 @@ def deliver_webhooks(
     now = now or utcnow()
     with transaction(factory) as session:
         receivers = ensure_receivers(session, urls, now)
+    labels = receiver_labels(list(urls))
     own_client = client is None
     http = client or httpx.Client(
         timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
@@ -409,6 +428,7 @@ def deliver_webhooks(
                 receivers[url],
                 secret,
                 now,
+                label=labels[url],
                 max_events=max_events,
                 clock=clock,
             )

@@ -49,11 +49,14 @@ from models import (
     make_engine,
     make_sessionmaker,
 )
-from tasks import lifecycle
+from tasks import lifecycle, metric_totals
 from tests import services
+from tests.canvas_schema import build_canvas_database
+from tests.conftest import CANVAS_SCHEMAS
+from tests.test_metrics import audit_totals, make_history
 
 LEGACY_REVISION = "0002"
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0006"
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,6 +611,11 @@ def test_legacy_database_is_converted(
                 assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
         with make_sessionmaker(engine)() as session:
             check_converted_rows(session)
+            # The metric totals, filled from the converted audit rows and runs (revision 0005).
+            assert_same_totals(
+                metric_totals.read(session), audit_totals(session), backend=engine.dialect.name
+            )
+            assert metric_totals.read(session)[("sweep_runs", "")] >= 1
             before = counts(session)
 
         # Upgrading again changes nothing.
@@ -871,5 +879,111 @@ def test_a_failed_conversion_changes_nothing(
         upgrade(legacy_url)  # and it converts once the cause is gone
         with make_sessionmaker(engine)() as session:
             check_converted_rows(session)
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# Revision 0005: the metric totals, filled from the audit table
+
+# SQLite's date functions (the arithmetic the scrape used, and the fill uses) are exact to about a
+# millisecond; the writers' own arithmetic is exact to the microsecond. A summed total may differ
+# by that much per row it sums: in its own unit, per total.
+SQLITE_SLACK_PER_ROW = {"expiry_lateness_milliseconds": 2, "sweep_run_microseconds": 2_000}
+
+
+def assert_same_totals(got: dict[Any, int], want: dict[Any, int], *, backend: str) -> None:
+    """Equal totals; on SQLite the summed times within SQLite's precision per row."""
+    if backend != "sqlite":  # PostgreSQL's interval arithmetic is exact: so is every total
+        assert got == want
+        return
+    assert got.keys() == want.keys()
+    rows = {
+        "expiry_lateness_milliseconds": sum(
+            n for (name, _), n in want.items() if name == "expiry_lateness"
+        ),
+        "sweep_run_microseconds": want.get(("sweep_runs", ""), 0),
+    }
+    for key, n in want.items():
+        if key[0] in rows:
+            assert abs(got[key] - n) <= SQLITE_SLACK_PER_ROW[key[0]] * rows[key[0]], key
+        else:
+            assert got[key] == n, key
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("canvas", marks=[pytest.mark.postgres, pytest.mark.canvas]),
+    ]
+)
+def scratch_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, Schemas]]:
+    """A new database at head, a scratch one per test (on Canvas's schema: `existing` mode)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'tep.sqlite'}"
+        upgrade(url)
+        yield url, Schemas()
+        return
+    error = services.postgres_reachable()
+    if error is not None:
+        services.unavailable("PostgreSQL", error)
+    with services.scratch_postgres_database("tep_test_totals") as url:
+        schemas = Schemas()
+        if request.param == "canvas":
+            build_canvas_database(url)
+            schemas = CANVAS_SCHEMAS
+        upgrade(url, schemas)
+        yield url, schemas
+
+
+def test_upgrade_from_0004_fills_the_totals_from_the_audit_table(
+    scratch_database: tuple[str, Schemas],
+) -> None:
+    """A database at 0004 with history: 0005 fills the totals with what the writers would have
+    kept (the counters read the same across the upgrade), and ends as a new database is."""
+    url, schemas = scratch_database
+    engine = make_engine(url, schemas)
+    factory = make_sessionmaker(engine)
+    try:
+        make_history(factory)
+        with factory() as session:
+            kept = metric_totals.read(session)
+            assert kept == audit_totals(session)
+        with engine.connect() as connection:
+            new = catalog(connection, schemas)
+
+        command.downgrade(alembic_config(url, schemas), "0004")
+        with engine.connect() as connection:
+            tep = schemas.of_table(TEP_SCHEMA, connection.dialect.name)
+            assert "temporary_enrollment_metric_totals" not in inspect(connection).get_table_names(
+                schema=tep
+            )
+        upgrade(url, schemas)
+
+        with factory() as session:
+            assert_same_totals(metric_totals.read(session), kept, backend=engine.dialect.name)
+        with engine.connect() as connection:
+            assert catalog_differences(catalog(connection, schemas), new) == {}
+            assert schema_differences(connection, schemas, tep_only=True) == []
+        # And the writers go on from the filled totals.
+        lifecycle.run_sweep(factory)
+        with factory() as session:
+            assert metric_totals.read(session)[("sweep_runs", "")] == kept[("sweep_runs", "")] + 1
+    finally:
+        engine.dispose()
+
+
+def test_an_empty_database_fills_no_totals(scratch_database: tuple[str, Schemas]) -> None:
+    """No history, no rows: as a new database (a total is there once something was counted)."""
+    url, schemas = scratch_database
+    command.downgrade(alembic_config(url, schemas), "0004")
+    upgrade(url, schemas)
+    engine = make_engine(url, schemas)
+    try:
+        with make_sessionmaker(engine)() as session:
+            assert metric_totals.read(session) == {}
     finally:
         engine.dispose()

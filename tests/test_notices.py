@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import (
     Account,
     CommunicationChannel,
+    Course,
+    Enrollment,
     Notice,
     TemporaryEnrollmentPairing,
     User,
@@ -229,3 +231,103 @@ def test_a_warning_for_a_pairing_that_ended_meanwhile_is_not_sent(
         "skipped",
         f"pairing is {shown} with nothing left to end",
     )
+
+
+# Each kind of line break, and control characters (not NUL: PostgreSQL stores no NUL in text),
+# in the stored values a notice shows.
+HOSTILE_BREAKS = ["\n", "\r", "\r\n", "\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1b"]
+
+
+def test_stored_values_are_shown_on_one_line() -> None:
+    assert notices.one_line("Bio\x00logy\r\n  101\u2028A\x85B\tC") == "Bio logy 101 A B C"
+    assert notices.one_line(None) == "" and notices.one_line(" \n ") == ""
+
+
+@pytest.mark.parametrize("brk", HOSTILE_BREAKS, ids=[repr(b) for b in HOSTILE_BREAKS])
+def test_a_line_break_in_a_stored_name_cannot_add_a_header(
+    factory: sessionmaker[Session], session: Session, brk: str
+) -> None:
+    """Course, account and people's names come from Canvas's tables: whatever they hold, the
+    notice is sent, with the headers tep writes and no other."""
+    now = utcnow()
+    root = f.account(session, name=f"North{brk}X-Injected-Account: 1")
+    pairing = pairing_with_people(session, root, [now + DAY / 2])
+    enrollment = session.scalars(
+        select(Enrollment).where(Enrollment.temporary_enrollment_pairing_id == pairing.id)
+    ).one()
+    course = session.get(Course, enrollment.course_id)
+    assert course is not None
+    course.name = f"Biology{brk}Bcc: evil@attacker.example{brk}{brk}X-Injected-Course: 1"
+    course.course_code = f"BIO{brk}X-Injected-Code: 1"
+    recipient = session.get(User, enrollment.user_id)
+    assert recipient is not None
+    recipient.name = f"Sam{brk}X-Injected-Name: 1"
+    session.commit()
+
+    with smtp_server() as (box, url):
+        report = run(factory, url, now)
+        mails = box.all()
+
+    assert (report.sent, report.failed) == (1, 0)
+    (mail,) = mails
+    assert sorted(mail.rcpt_tos) == ["ada0@school.example", "sam0@school.example"]
+    assert not [name for name in mail.message if name.lower().startswith(("x-injected", "bcc"))]
+    assert set(mail.message.keys()) == {
+        "From", "To", "Cc", "Subject", "Message-ID", "X-TEP-Notice-Id", "X-TEP-Pairing-Id",
+        "Content-Type", "Content-Transfer-Encoding", "MIME-Version",
+    }  # fmt: skip
+    subject = str(mail.message["Subject"])
+    assert subject == (
+        "Temporary access ends in 1 day: Biology Bcc: evil@attacker.example X-Injected-Course: 1"
+    )
+    # In the text too, each value stays on its line.
+    assert not [line for line in mail.text.splitlines() if line.startswith("X-Injected")]
+    assert (
+        "  - Biology Bcc: evil@attacker.example X-Injected-Course: 1 (BIO X-Injected-Code: 1)"
+        in (mail.text)
+    )
+    session.expire_all()
+    notice = session.scalars(select(Notice)).one()
+    assert notice.workflow_state == "sent" and notice.subject == subject
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "sam@school.example\n",
+        "sam@school.example\r\nBcc: evil@attacker.example",
+        "sam@school.example,evil@attacker.example",
+        "Sam <sam@school.example>",
+        "sam@school.example\u2028",
+    ],
+)
+def test_a_notice_that_cannot_be_built_fails_alone(
+    factory: sessionmaker[Session], session: Session, address: str
+) -> None:
+    now = utcnow()
+    root = f.account(session)
+    broken = pairing_with_people(session, root, [now + DAY / 2], n=0)
+    fine = pairing_with_people(session, root, [now + DAY / 2], n=1)
+    channel = session.scalars(
+        select(CommunicationChannel).where(CommunicationChannel.path == "sam0@school.example")
+    ).one()
+    channel.path = address
+    session.commit()
+
+    with smtp_server() as (box, url):
+        report = run(factory, url, now)
+        again = run(factory, url, now + dt.timedelta(hours=1))
+        mails = box.all()
+
+    assert (report.sent, report.failed, again.sent, again.failed) == (1, 1, 0, 0)
+    assert [int(m.message["X-TEP-Pairing-Id"]) for m in mails] == [fine.id]
+    session.expire_all()
+    by_pairing = {n.temporary_enrollment_pairing_id: n for n in session.scalars(select(Notice))}
+    failed = by_pairing[broken.id]
+    assert failed.workflow_state == "failed" and failed.attempts == 1
+    assert failed.lease_owner is None
+    assert failed.last_error is not None
+    assert failed.last_error.startswith("cannot build the message: ValueError: the email address")
+    assert f"of user {channel.user_id}: " in failed.last_error
+    assert "is not an email address" in failed.last_error
+    assert by_pairing[fine.id].workflow_state == "sent"

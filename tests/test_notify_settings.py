@@ -56,10 +56,15 @@ def test_values_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("TEP_NOTIFY_BEFORE", "3 days", "is not a duration"),
         ("TEP_NOTIFY_BEFORE", "0d", "longer than zero"),
-        ("TEP_WEBHOOK_URLS", "ftp://x.example/", "is not an http(s) URL"),
-        ("TEP_SMTP_URL", "mail.example:25", "is not smtp://"),
-        ("TEP_SMTP_URL", "smtp://u:hunter2@mail.example:port", "port that is not a number"),
+        ("TEP_WEBHOOK_URLS", "ftp://x.example/", "URL #1 (ftp://x.example/) is not an http(s)"),
+        ("TEP_WEBHOOK_URLS", "https://a.example/,https://b.example:x/", "#2 (https://b.example/) "),
+        ("TEP_WEBHOOK_URLS", "https://u:hunter2/x@a.example/", "URL #1: percent-encode '/'"),
+        ("TEP_SMTP_URL", "mail.example:25", "not an smtp:// or smtps:// URL"),
+        ("TEP_SMTP_URL", "smtp://u:hunter2@mail.example:port", "port is not a number"),
+        ("TEP_SMTP_URL", "smtp://u:hunter2?@mail.example:25", "percent-encode '/', '?'"),
         ("TEP_MAIL_FROM", "nobody", "is not an email address"),
+        ("TEP_MAIL_FROM", "tep@school.example\n", "is not an email address"),
+        ("TEP_MAIL_FROM", "tep@school.example, evil@attacker.example", "not an email address"),
         ("TEP_METRICS_PORT", "70000", "less than or equal to 65535"),
     ],
 )
@@ -71,10 +76,41 @@ def test_nonsense_is_refused_in_one_line(
         load_settings()
     line = str(error.value)
     assert "\n" not in line and name in line and message in line
-    assert "hunter2" not in line  # a password in the SMTP URL is never echoed
+    assert "hunter2" not in line  # a password in a URL is never echoed
 
 
 def test_webhooks_need_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEP_WEBHOOK_URLS", "https://a.example/hook")
     with pytest.raises(SettingsError, match="TEP_WEBHOOK_SECRET"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "tep@school.example\n",  # `$` would match before it
+        "tep@school.example\r\nBcc: evil@attacker.example",
+        "tep@school.example\u2028",
+        " tep@school.example",
+        "tep@school.example,evil@attacker.example",
+        "Tep <tep@school.example>",
+        '"tep"@school.example',
+        "tep@school.example;",
+        "tép@school.example",  # no SMTPUTF8
+        "tep@",
+        "@school.example",
+        "tep@@school.example",
+        "tep@school..example",
+        "",
+    ],
+)
+def test_an_address_must_be_one_plain_address_whole(address: str) -> None:
+    with pytest.raises(ValueError, match="is not an email address"):
+        notify_settings.check_address(address)
+
+
+@pytest.mark.parametrize(
+    "address", ["tep@localhost", "a.b+notices@mail.school-1.example", "o'brien@x.example"]
+)
+def test_plain_addresses_are_taken_as_they_are(address: str) -> None:
+    assert notify_settings.check_address(address) == address

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import tasks
+from tasks import jobs
 from worker.celery_app import broker_transport_options, create_app, time_limits
-from worker.delivery import CappedDeliveryTask
+from worker.redelivery import CappedDeliveryTask
 from worker.settings import Settings, SettingsError, load_settings, redact
 
 
@@ -24,8 +24,8 @@ def test_defaults_are_25_and_30_minutes_under_an_hour() -> None:
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.accept_content == ["json"]
     assert app.conf.task_reject_on_worker_lost is False
-    assert tasks.expire_due_pairings.name in app.tasks  # registered by shared_task
-    sweep = app.tasks[tasks.expire_due_pairings.name]
+    assert jobs.expire_due_pairings.name in app.tasks  # registered by shared_task
+    sweep = app.tasks[jobs.expire_due_pairings.name]
     assert sweep.acks_late is True
     assert isinstance(sweep, CappedDeliveryTask)  # the redelivery cap applies to it
 

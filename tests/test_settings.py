@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from models import utcnow
 from tests.processes import PROJECT_ROOT
-from worker.celery_app import beat_schedule
+from worker import settings as tep_settings
+from worker.celery_app import beat_schedule, create_app
 from worker.settings import Settings, SettingsError, load_settings, parse_cron
+
+TOO_LARGE = "99999999999999999999"
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +61,75 @@ def test_bad_values_are_one_clear_line(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("TEP_SWEEP_INTERVAL_SECONDS", "inf", "a finite number"),
+        ("TEP_SWEEP_INTERVAL_SECONDS", "nan", "a finite number"),
+        ("TEP_SWEEP_INTERVAL_SECONDS", "1e308", "use 0 (off) or 1 to 86400 seconds"),
+        ("TEP_SWEEP_INTERVAL_SECONDS", "1e-300", "use 0 (off) or 1 to 86400 seconds"),
+        ("TEP_VISIBILITY_TIMEOUT_SECONDS", "inf", "a finite number"),
+        ("TEP_VISIBILITY_TIMEOUT_SECONDS", "1e308", "less than or equal to 259200"),
+        ("TEP_TIMER_MARGIN_SECONDS", "nan", "a finite number"),
+        ("TEP_TIMER_MARGIN_SECONDS", "inf", "a finite number"),
+        ("TEP_WEBHOOK_INTERVAL_SECONDS", "1e308", "less than or equal to 86400"),
+        ("TEP_WEBHOOK_INTERVAL_SECONDS", "1e-300", "greater than or equal to 1"),
+        ("TEP_NOTIFY_INTERVAL_SECONDS", "inf", "a finite number"),
+        ("TEP_NOTIFY_INTERVAL_SECONDS", "-inf", "a finite number"),
+        ("TEP_MAX_DELIVERIES", TOO_LARGE, "less than or equal to 100"),
+        ("TEP_MAX_BODY_BYTES", TOO_LARGE, "less than or equal to 104857600"),
+        ("TEP_BATCH_SIZE", TOO_LARGE, "less than or equal to 100000"),
+        ("TEP_METRICS_PORT", TOO_LARGE, "less than or equal to 65535"),
+        ("TEP_NOTIFY_BEFORE", f"{TOO_LARGE}w", "is too long"),
+        ("TEP_NOTIFY_BEFORE", "3d,400d", "notices come at most 366 days before the end"),
+    ],
+)
+def test_numbers_their_consumers_cannot_take_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    """Each passed validation, then crashed the worker at start-up (timedelta, int(), Celery's
+    expires) or later (the notice planner's `now + threshold`), or made beat spin."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"invalid settings: {name}={value!r}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_the_largest_values_allowed_build_a_worker() -> None:
+    """Every bound is inside what its consumer takes: the app, its beat schedule and the Redis
+    transport options are built, and each interval and threshold can be added to now."""
+    settings = Settings(
+        broker_url="redis://127.0.0.1:6379/0",
+        sweep_interval_seconds=tep_settings.MAX_INTERVAL_SECONDS,
+        visibility_timeout_seconds=tep_settings.MAX_VISIBILITY_TIMEOUT_SECONDS,
+        timer_margin_seconds=3600,
+        webhook_urls="https://hooks.example/in",
+        webhook_secret="secret",
+        webhook_interval_seconds=tep_settings.MAX_INTERVAL_SECONDS,
+        smtp_url="smtp://mail.example:25",
+        notify_interval_seconds=tep_settings.MAX_INTERVAL_SECONDS,
+        notify_before="366d",
+        max_deliveries=tep_settings.MAX_DELIVERIES_LIMIT,
+        max_body_bytes=tep_settings.MAX_BODY_BYTES_LIMIT,
+    )
+    app = create_app(settings)
+    assert app.conf.task_soft_time_limit < app.conf.task_time_limit
+    assert app.conf.broker_transport_options["unacked_restore_interval"] >= 1
+    entries = app.conf.beat_schedule
+    assert {"expire-due-pairings-every-interval", "deliver-webhooks", "send-notices"} <= set(
+        entries
+    )
+    now = utcnow()
+    for entry in entries.values():
+        if isinstance(entry["schedule"], dt.timedelta):
+            expires = dt.timedelta(seconds=entry["options"]["expires"])
+            assert now + entry["schedule"] + expires > now  # no OverflowError
+    assert now + max(settings.notice_thresholds) > now
+
+
 def test_dotenv_is_read() -> None:
     Path(".env").write_text("TEP_SWEEP_INTERVAL_SECONDS=7\n")
     assert load_settings().sweep_interval_seconds == 7
@@ -79,8 +152,18 @@ def test_beat_entries_follow_the_settings() -> None:
 
 
 @pytest.mark.parametrize("program", ["tep", "celery"])
-def test_processes_refuse_to_start_with_one_line(program: str) -> None:
-    env = {**os.environ, "TEP_TIMEZONE": "Nowhere/Special"}
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("TEP_TIMEZONE", "Nowhere/Special", "unknown time zone 'Nowhere/Special'"),
+        ("TEP_SWEEP_INTERVAL_SECONDS", "inf", "TEP_SWEEP_INTERVAL_SECONDS='inf'"),
+        ("TEP_NOTIFY_BEFORE", f"{TOO_LARGE}w", f"'{TOO_LARGE}w' is too long"),
+    ],
+)
+def test_processes_refuse_to_start_with_one_line(
+    program: str, name: str, value: str, expected: str
+) -> None:
+    env = {**os.environ, name: value}
     command = (
         [sys.executable, "-c", "from worker.cli import main; main()", "sweep"]
         if program == "tep"
@@ -91,5 +174,5 @@ def test_processes_refuse_to_start_with_one_line(program: str) -> None:
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert "unknown time zone 'Nowhere/Special'" in done.stderr
+    assert expected in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

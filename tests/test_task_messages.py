@@ -19,13 +19,14 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-import tasks
-from tasks import DatabaseUnavailable, arguments, is_connection_error, retried_if_unavailable
+from models import MAX_ID
+from tasks import arguments, jobs
 from tasks.arguments import ArgumentError
+from tasks.jobs import DatabaseUnavailable, is_connection_error, retried_if_unavailable
 from tasks.lifecycle import LifecycleError
 from tests import services
 from worker import messages
-from worker.cli import parse_iso
+from worker.cli.shared import parse_iso
 
 UTC = dt.UTC
 
@@ -105,7 +106,7 @@ def test_the_cli_refuses_an_out_of_range_moment_in_one_line(tmp_path: Path) -> N
 # Ids, flags and text
 
 
-@pytest.mark.parametrize("value", [1, 42, arguments.MAX_ID])
+@pytest.mark.parametrize("value", [1, 42, MAX_ID])
 def test_an_id_is_an_integer_that_fits_a_bigint(value: int) -> None:
     assert arguments.parse_id(value, "pairing_id") == value
 
@@ -118,9 +119,9 @@ def test_an_id_is_an_integer_that_fits_a_bigint(value: int) -> None:
         (True, "pairing_id must be an integer id, not True"),
         (5.0, "pairing_id must be an integer id, not 5.0"),
         (None, "pairing_id must be an integer id, not None"),
-        (0, f"pairing_id must be an id between 1 and {arguments.MAX_ID}, not 0"),
-        (-1, f"pairing_id must be an id between 1 and {arguments.MAX_ID}, not -1"),
-        (2**63, f"pairing_id must be an id between 1 and {arguments.MAX_ID}, not {2**63}"),
+        (0, f"pairing_id must be an id between 1 and {MAX_ID}, not 0"),
+        (-1, f"pairing_id must be an id between 1 and {MAX_ID}, not -1"),
+        (2**63, f"pairing_id must be an id between 1 and {MAX_ID}, not {2**63}"),
     ],
 )
 def test_a_bad_id_is_refused(value: Any, message: str) -> None:
@@ -171,23 +172,23 @@ def unreachable_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.parametrize(
     ("task", "kwargs", "message"),
     [
-        (tasks.expire_due_pairings, {"account_id": "x"}, "account_id must be an integer id"),
-        (tasks.expire_due_pairings, {"account_id": 2**64}, "account_id must be an id between"),
-        (tasks.expire_due_pairings, {"dry_run": "false"}, "dry_run must be true or false"),
-        (tasks.expire_due_pairings, {"as_of": "soon"}, "as_of 'soon' is not an ISO 8601"),
-        (tasks.expire_due_pairings, {"not_before": 5}, "not_before must be an ISO 8601"),
-        (tasks.expire_due_pairings, {"trigger": None}, "trigger must be a string"),
-        (tasks.end_pairing, {"pairing_id": "12"}, "pairing_id must be an integer id"),
-        (tasks.end_pairing, {"pairing_id": 1, "delete": "false"}, "delete must be true or false"),
-        (tasks.end_pairing, {"pairing_id": 1, "actor_id": True}, "actor_id must be an integer"),
+        (jobs.expire_due_pairings, {"account_id": "x"}, "account_id must be an integer id"),
+        (jobs.expire_due_pairings, {"account_id": 2**64}, "account_id must be an id between"),
+        (jobs.expire_due_pairings, {"dry_run": "false"}, "dry_run must be true or false"),
+        (jobs.expire_due_pairings, {"as_of": "soon"}, "as_of 'soon' is not an ISO 8601"),
+        (jobs.expire_due_pairings, {"not_before": 5}, "not_before must be an ISO 8601"),
+        (jobs.expire_due_pairings, {"trigger": None}, "trigger must be a string"),
+        (jobs.end_pairing, {"pairing_id": "12"}, "pairing_id must be an integer id"),
+        (jobs.end_pairing, {"pairing_id": 1, "delete": "false"}, "delete must be true or false"),
+        (jobs.end_pairing, {"pairing_id": 1, "actor_id": True}, "actor_id must be an integer"),
         (
-            tasks.end_pairing,
+            jobs.end_pairing,
             {"pairing_id": 1, "as_of": "9999-12-31T23:59:59-01:00"},
             "as_of '9999-12-31T23:59:59-01:00' is out of range",
         ),
-        (tasks.restore_pairing, {"pairing_id": None}, "pairing_id must be an integer id"),
-        (tasks.restore_pairing, {"pairing_id": 1, "end_at": "x"}, "end_at 'x' is not an ISO"),
-        (tasks.restore_pairing, {"pairing_id": 1, "actor_id": "3"}, "actor_id must be an"),
+        (jobs.restore_pairing, {"pairing_id": None}, "pairing_id must be an integer id"),
+        (jobs.restore_pairing, {"pairing_id": 1, "end_at": "x"}, "end_at 'x' is not an ISO"),
+        (jobs.restore_pairing, {"pairing_id": 1, "actor_id": "3"}, "actor_id must be an"),
     ],
 )
 def test_a_task_refuses_a_bad_argument_before_any_work(
@@ -197,7 +198,7 @@ def test_a_task_refuses_a_bad_argument_before_any_work(
         task(**kwargs)
     assert str(raised.value).startswith(message)
     # Failed at once: never retried, and logged by Celery in one line (as expected), not with a
-    # traceback; tasks/__init__.py logs it at ERROR with the task id.
+    # traceback; tasks/jobs.py logs it at ERROR with the task id.
     assert not issubclass(ArgumentError, tuple(task.autoretry_for))
     assert issubclass(ArgumentError, tuple(task.throws))
 
@@ -313,10 +314,10 @@ def test_only_a_busy_sqlite_database_is_worth_a_retry(tmp_path: Path) -> None:
 
 def test_the_tasks_retry_only_an_unavailable_database() -> None:
     for task in (
-        tasks.expire_due_pairings,
-        tasks.end_pairing,
-        tasks.restore_pairing,
-        tasks.remake_timers,
+        jobs.expire_due_pairings,
+        jobs.end_pairing,
+        jobs.restore_pairing,
+        jobs.remake_timers,
     ):
         assert tuple(task.autoretry_for) == (DatabaseUnavailable,)
 
@@ -325,8 +326,8 @@ def test_the_tasks_retry_only_an_unavailable_database() -> None:
 # The shape of a message the worker can run
 
 
-SWEEP_RUN = tasks.expire_due_pairings.run
-END_RUN = tasks.end_pairing.run
+SWEEP_RUN = jobs.expire_due_pairings.run
+END_RUN = jobs.end_pairing.run
 
 
 @pytest.mark.parametrize(
@@ -375,7 +376,7 @@ def test_the_signature_is_the_tasks_own_through_celerys_retry_wrapper() -> None:
     assert messages.body_problem([[], {"account": 1}, {}], SWEEP_RUN) is not None
 
 
-GOOD_HEADERS = {"task": "tasks.expire_due_pairings", "id": "6f1c", "retries": 0}
+GOOD_HEADERS = {"task": "jobs.expire_due_pairings", "id": "6f1c", "retries": 0}
 
 
 @pytest.mark.parametrize(

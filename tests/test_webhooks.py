@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import logging
 import threading
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -218,3 +220,36 @@ def test_a_hanging_receiver_does_not_hold_up_a_sweep(
     assert summary.pairings_ended == 1
     with factory() as reader:
         assert f.shown_pairing(reader, later.id)[0] == "ended"
+
+
+def with_credentials(url: str) -> str:
+    """The receiver's URL as a receiver that wants Basic auth and a token would be configured."""
+    return url.replace("http://", "http://hook-user:pw-Zq7%2Fx@") + "?token=tok-Wv9&v=2"
+
+
+def test_receivers_are_logged_and_reported_without_credentials(
+    factory: sessionmaker[Session], session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx logs each request with its URL at INFO (the worker's level), the delivery logs
+    each failure, and the task's result (logged and stored by Celery) lists every receiver:
+    each names the receiver by its label."""
+    seed_changes(session, factory)
+    caplog.set_level(logging.INFO)
+    with webhook_receiver() as dead:
+        dead_url = with_credentials(dead.url)  # closed when the block ends: refused
+    with webhook_receiver() as receiver:
+        live_url = with_credentials(receiver.url)
+        reports = webhooks.deliver_webhooks(factory, [live_url, dead_url], SECRET)
+        got = receiver.all()
+
+    assert len(got) == 7  # the credentials and token were sent: only their display is cut
+    assert got[0].headers["authorization"].startswith("Basic ")
+    results = [report.to_json() for report in reports]
+    assert [r["receiver"] for r in results] == [receiver.url, dead.url]
+    assert results[1]["failed"] == 1
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"HTTP Request: POST {receiver.url} " in logged
+    assert f"to {dead.url} failed" in logged
+    for secret in ("hook-user", "pw-Zq7", "tok-Wv9", "v=2"):
+        assert secret not in logged
+        assert secret not in repr(results)

@@ -8,10 +8,16 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_ready,
+)
 
-from worker import runtime
-from worker.events import events_beat_schedule
+import worker.metrics_server  # noqa: F401  # its worker_ready handler serves /metrics
+from worker import logs, runtime
+from worker.beat import events_beat_schedule
 from worker.settings import REDELIVERING_BROKERS, Settings, parse_cron
 
 SWEEP_TASK = "tasks.expire_due_pairings"
@@ -87,10 +93,10 @@ def create_app(settings: Settings) -> Celery:
         broker=settings.broker_url,
         backend=settings.result_backend,
         # Counts the deliveries of late-acknowledged messages and refuses one past the cap.
-        task_cls="worker.delivery:CappedDeliveryTask",
+        task_cls="worker.redelivery:CappedDeliveryTask",
     )
     app.conf.update(
-        include=["tasks", "tasks.delivery"],
+        include=["tasks.jobs", "tasks.delivery"],
         # JSON only: a pickled message is refused, never executed.
         task_serializer="json",
         result_serializer="json",
@@ -118,7 +124,7 @@ def create_app(settings: Settings) -> Celery:
         worker_soft_shutdown_timeout=SOFT_SHUTDOWN_SECONDS,
         # A task whose pool process died is failed, not put back: a message that kills its
         # process every time must not be redelivered forever. The next sweep picks up what it
-        # left. (When the whole worker dies, Redis redelivers; worker/delivery.py caps that.)
+        # left. (When the whole worker dies, Redis redelivers; worker/redelivery.py caps that.)
         task_reject_on_worker_lost=False,
         task_track_started=True,
         result_expires=dt.timedelta(days=7),
@@ -178,3 +184,29 @@ def _remake_timers(sender: Any = None, **_: Any) -> None:
         app.send_task(REMAKE_TIMERS_TASK)
     except Exception as error:  # the next tick looks ahead anyway
         log.warning("could not ask for the timers to be made again: %s", error)
+
+
+# The log (worker and beat): Celery sets up its handlers (stderr or --logfile, the level); these
+# only change what a line looks like.
+
+
+@after_setup_logger.connect
+def _format_log(logger: logging.Logger | None = None, **_: Any) -> None:
+    from celery.utils.log import get_multiprocessing_logger
+
+    from worker.settings import get_settings
+
+    # The sweep's summary is its own log line (tasks/lifecycle.py): Celery's success line for the
+    # sweep task keeps the runtime, not the whole summary again.
+    logging.getLogger("celery.app.trace").addFilter(logs.ShortSuccessLine([SWEEP_TASK]))
+    if get_settings().log_format == "json":
+        pool_logger = get_multiprocessing_logger()  # the pool's own errors
+        logs.use_json([logger or logging.getLogger(), *([pool_logger] if pool_logger else [])])
+
+
+@after_setup_task_logger.connect
+def _format_task_log(logger: logging.Logger | None = None, **_: Any) -> None:
+    from worker.settings import get_settings
+
+    if logger is not None and get_settings().log_format == "json":
+        logs.use_json([logger])

@@ -5,7 +5,7 @@ code runs (celery/worker/request.py: `args, kwargs, embed = payload`): a body th
 `null` or a list of the wrong length, or a `task` header that is not a name, raises there, outside
 every handler, and the whole worker exits. The message is still unacknowledged, so Redis hands it
 out again on restart and it crashes the worker again: a crash loop that no task-level guard (the
-redelivery cap of worker/delivery.py) ever sees.
+redelivery cap of worker/redelivery.py) ever sees.
 
 So the worker's consumer (`worker_consumer`) checks each message's headers, its body's shape
 (`[args, kwargs, embed]`) and whether its arguments fit the task's signature before Celery reads
@@ -35,7 +35,7 @@ log = logging.getLogger("tep.messages")
 # request, so any other key (`is_eager`, `retries`) would overwrite what the worker set.
 EMBED_LISTS = ("callbacks", "errbacks", "chain")
 EMBED_MAPPINGS = ("chord",)
-# A task id is a key in the result backend and in worker/delivery.py's counts (Celery's are
+# A task id is a key in the result backend and in worker/redelivery.py's counts (Celery's are
 # 36-character UUIDs); it and the task's name are written in log lines.
 MAX_LABEL_LENGTH = 255
 

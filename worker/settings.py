@@ -7,7 +7,6 @@ A bad value refuses to start with one clear line (:func:`load_settings` raises
 from __future__ import annotations
 
 import datetime as dt
-import re
 import urllib.parse
 import zoneinfo
 from functools import lru_cache
@@ -21,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 
 from models import Schemas
 from worker import notify_settings
+from worker.logs import LOG_FORMATS, LogFormat
 
 DEFAULT_DATABASE_URL = "sqlite:///tep.sqlite"
 # kombu's SQLAlchemy transport: a broker in an SQLite file, so nothing else needs to run.
@@ -29,6 +29,23 @@ DEFAULT_RESULT_BACKEND = "db+sqlite:///tep-results.sqlite"
 # Brokers that hand an unacknowledged message to another worker after the visibility timeout
 # (kombu's Redis transport); the others (the SQLite default) keep it until its worker is gone.
 REDELIVERING_BROKERS = ("redis://", "rediss://", "sentinel://")
+
+# Upper bounds of the numeric settings. Each is far past any sane value and well inside what its
+# consumer takes: `timedelta(seconds=...)`, Celery's `expires` and time limits, `int()` of the
+# Redis transport options; past them a value passed validation, then crashed the worker at
+# start-up (or made beat spin, below a second).
+DAY_SECONDS = 86_400
+# An interval sweep, webhook or notice run at most once a day (the nightly cron is the daily
+# sweep) and at most once a second: a shorter interval is a zero `timedelta` to Celery's beat.
+MIN_INTERVAL_SECONDS = 1
+MAX_INTERVAL_SECONDS = DAY_SECONDS
+# Three days (a 36 h hard time limit): well inside the 7-day life of the redelivery counts
+# (worker/redelivery.py), which must outlast one visibility timeout to see the next delivery.
+MAX_VISIBILITY_TIMEOUT_SECONDS = 3 * DAY_SECONDS
+# A message that killed its worker this many times will not succeed on the next delivery.
+MAX_DELIVERIES_LIMIT = 100
+# The API reads a body whole (JSON, forms): 100 MiB is already far more than any request needs.
+MAX_BODY_BYTES_LIMIT = 100 * 1024 * 1024
 
 
 class SettingsError(Exception):
@@ -72,7 +89,7 @@ class Settings(BaseSettings):
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
     # Seconds between interval sweeps; 0 turns the interval sweep off.
-    sweep_interval_seconds: float = Field(default=60, ge=0)
+    sweep_interval_seconds: float = Field(default=60, ge=0, allow_inf_nan=False)
     # Nightly full sweep, a cron line read in `timezone`; empty turns it off.
     nightly_cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -83,35 +100,52 @@ class Settings(BaseSettings):
     queue: str = Field(default="tep", min_length=1)
     # Seconds Redis waits for a late acknowledgement before handing the message to another
     # worker; the task time limits are derived from it (see worker/celery_app.py).
-    visibility_timeout_seconds: float = Field(default=3600, ge=1)
-    # Deliveries of one late-acknowledged message before it is refused (worker/delivery.py).
-    max_deliveries: int = Field(default=3, ge=1)
+    visibility_timeout_seconds: float = Field(
+        default=3600, ge=1, le=MAX_VISIBILITY_TIMEOUT_SECONDS, allow_inf_nan=False
+    )
+    # Deliveries of one late-acknowledged message before it is refused (worker/redelivery.py).
+    max_deliveries: int = Field(default=3, ge=1, le=MAX_DELIVERIES_LIMIT)
     # Timers (tasks/timers.py): each interval sweep looks `interval + margin` seconds ahead and
     # schedules a sweep (a Celery ETA) at each second something falls due in that horizon, so
     # expiry comes at end_at, not at the next tick. Off: expiry waits for the next tick. The
     # margin covers a tick that runs late, so consecutive horizons overlap instead of leaving a
     # gap. Timers need the interval sweep (TEP_SWEEP_INTERVAL_SECONDS > 0): it looks ahead.
     timers: bool = True
-    timer_margin_seconds: float = Field(default=5, ge=0, le=3600, validate_default=True)
+    timer_margin_seconds: float = Field(
+        default=5, ge=0, le=3600, allow_inf_nan=False, validate_default=True
+    )
 
     # Events and notices (DESIGN.md section 5); parsed and checked by worker/notify_settings.py.
     webhook_urls: str = ""  # comma-separated; none by default
     webhook_secret: str = Field(default="", validate_default=True)
     # Seconds between webhook delivery runs (a sweep that changed something also starts one).
-    webhook_interval_seconds: float = Field(default=10, gt=0)
+    webhook_interval_seconds: float = Field(
+        default=10, ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS, allow_inf_nan=False
+    )
     smtp_url: str = ""  # smtp://[user:password@]host:port; mail is off when unset
     mail_from: str = "tep@localhost"
     notify_before: str = "3d,1d"  # pre-expiry notice thresholds; empty turns them off
-    notify_interval_seconds: float = Field(default=300, gt=0)
+    notify_interval_seconds: float = Field(
+        default=300, ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS, allow_inf_nan=False
+    )
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # unset: no worker endpoint
 
     # The API (api/app.py). Requests with a larger body are a 413 before they are read.
-    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, le=MAX_BODY_BYTES_LIMIT)
     # What clients reach the API at (`https://tep.example.edu`, a path prefix allowed): links
     # and redirects start with it; unset, they are relative (never built from the Host header).
     public_url: str = ""
     # The bearer token Prometheus sends to the API's /metrics; unset: the API serves none.
     metrics_token: str = ""
+
+    # Days `tep prune` keeps idle sweep runs, sent notices and the rows of webhook receivers no
+    # longer configured (tasks/retention.py, which says why each is safe to remove). At least 2:
+    # `tep status --check` looks two days back for a failed run and the good one after it.
+    retention_days: int = Field(default=30, ge=2, le=36_500)
+
+    # The form of the worker's, beat's and tep's log: `text` lines, or `json`, one object per
+    # line (worker/logs.py says which fields).
+    log_format: LogFormat = "text"
 
     @model_validator(mode="after")
     def _schemas_apart(self) -> Settings:
@@ -121,6 +155,16 @@ class Settings(BaseSettings):
                 "tep's tables are kept apart from Canvas's"
             )
         return self
+
+    @field_validator("sweep_interval_seconds")
+    @classmethod
+    def _sweep_interval(cls, value: float) -> float:
+        if value and not MIN_INTERVAL_SECONDS <= value <= MAX_INTERVAL_SECONDS:
+            raise ValueError(
+                f"use 0 (off) or {MIN_INTERVAL_SECONDS} to {MAX_INTERVAL_SECONDS} seconds "
+                "(the nightly cron is the daily sweep)"
+            )
+        return value
 
     @field_validator("timer_margin_seconds")
     @classmethod
@@ -194,6 +238,7 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value:
             return ""
+        notify_settings.check_userinfo(value)
         parsed = urllib.parse.urlsplit(value)
         if (
             not value.isascii()  # it goes into headers: punycode a host, percent-encode a path
@@ -211,6 +256,13 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in LOG_FORMATS:
+            return value.strip().lower()
+        raise ValueError(f"use {' or '.join(LOG_FORMATS)}")
+
     @field_validator("metrics_token")
     @classmethod
     def _metrics_token(cls, value: str) -> str:
@@ -221,9 +273,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
+        # A password holding an un-encoded / ? # or @ would be read as part of the host or path
+        # (and echoed in a connection error): refused before SQLAlchemy parses the URL.
+        notify_settings.check_userinfo(value)
         try:
             url = make_url(value)
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             raise ValueError("not a database URL (e.g. postgresql://user@host/db)") from None
         if url.get_backend_name() not in ("postgresql", "sqlite"):
             raise ValueError("only postgresql:// and sqlite:// databases are supported")
@@ -234,6 +289,7 @@ class Settings(BaseSettings):
     def _url(cls, value: str) -> str:
         if "://" not in value:
             raise ValueError("not a URL (e.g. redis://localhost:6379/0)")
+        notify_settings.check_userinfo(value)  # kombu would read a password's tail as the port
         return value
 
     @field_validator("nightly_cron")
@@ -268,23 +324,38 @@ class Settings(BaseSettings):
         return value
 
 
-def redact(value: object) -> object:
-    """A setting's value fit for a log or an error line: a URL's password becomes `***`."""
-    if isinstance(value, str) and "://" in value:
-        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", value)
+def redact(value: object, *, url: bool = False) -> object:
+    """A setting's value fit for a log or an error line: a URL (with `url`, any text, read as
+    one) is shown without its password, whatever it holds, nor its query's values
+    (:func:`notify_settings.mask_url`)."""
+    if isinstance(value, str) and (url or "://" in value):
+        return notify_settings.mask_url(value)
     return value
 
 
 # Never echoed back in an error line at all.
-_SECRET_SETTINGS = ("TEP_WEBHOOK_SECRET", "TEP_SMTP_URL", "TEP_METRICS_TOKEN")
+_SECRET_SETTINGS = ("TEP_WEBHOOK_SECRET", "TEP_METRICS_TOKEN")
+# Always masked as URLs, even when a value is too broken to look like one.
+_URL_SETTINGS = (
+    "TEP_DATABASE_URL",
+    "TEP_BROKER_URL",
+    "TEP_RESULT_BACKEND",
+    "TEP_SMTP_URL",
+    "TEP_WEBHOOK_URLS",
+    "TEP_PUBLIC_URL",
+)
 
 
 def _one_line(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        name = "TEP_" + "_".join(str(part) for part in item["loc"]).upper()
         message = item["msg"].removeprefix("Value error, ")
-        shown = "***" if name in _SECRET_SETTINGS else repr(redact(item.get("input")))
+        if not item["loc"]:  # a check across settings, whose input is all of them: not shown
+            problems.append(message)
+            continue
+        name = "TEP_" + "_".join(str(part) for part in item["loc"]).upper()
+        value = redact(item.get("input"), url=name in _URL_SETTINGS)
+        shown = "***" if name in _SECRET_SETTINGS else repr(value)
         problems.append(f"{name}={shown}: {message}")
     return "invalid settings: " + "; ".join(problems)
 

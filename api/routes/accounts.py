@@ -42,7 +42,6 @@ from api.pagination import LINK_HEADER_DOC, link_header, paginate, requested_pag
 from api.params import (
     BOOLEAN,
     DATE_TIME,
-    MAX_ID,
     Field,
     ParamsDep,
     documented,
@@ -64,6 +63,7 @@ from api.schemas import (
 from models import (
     ACCOUNT_ADMIN_ROLE,
     LIVE_ENROLLMENT_STATES,
+    MAX_ID,
     Account,
     AccountUser,
     CommunicationChannel,

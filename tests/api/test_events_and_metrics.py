@@ -4,18 +4,25 @@ receivers without their credentials."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from models import StateChange, transaction
+from models import StateChange, transaction, utcnow
+from tasks import metric_totals
+from tasks.lifecycle import ENROLLMENT, PAIRING
+from tasks.metric_totals import Key, state_change_key
 from tasks.metrics import render_metrics
 from tests.api import helpers as h
 from tests.api.conftest import METRICS_TOKEN, World
 from tests.api.server import ApiServer
 
 pytestmark = pytest.mark.postgres
+
+DAY = dt.timedelta(days=1)
 
 
 def test_creating_a_pairing_records_the_created_event(world: World) -> None:
@@ -101,3 +108,60 @@ def test_receivers_are_named_without_userinfo_or_query_string(world: World) -> N
         "https://hooks.example.test:8443/tep #2",
         "http://[::1]:9000/in",
     }
+
+
+def test_the_api_s_changes_are_counted_as_they_commit(world: World) -> None:
+    """The API's writers (a conclude, a delete, a deactivation that ends a pairing, its
+    reactivation, a pairing deleted) move the kept totals as their audit rows say: the delta of
+    each total is the delta of the audit table's aggregate. The figures are every account's,
+    and other tests share this database: hence deltas."""
+    with world.client() as client:
+        course = h.course(client)
+        url = f"/courses/{course['id']}/enrollments"
+        provider, recipient = h.user(client), h.user(client)
+        pairing = h.pairing(client, "inactive")
+        made = h.ok(h.temporary(client, course["id"], recipient["id"], provider["id"],
+                                pairing["id"], utcnow() + 3 * DAY))  # fmt: skip
+        concluded = h.ok(h.enroll(client, course["id"], h.user(client)["id"]))
+        deleted = h.ok(h.enroll(client, course["id"], h.user(client)["id"]))
+        other = h.pairing(client)
+        before = totals(world)
+
+        h.ok(client.delete(f"{url}/{concluded['id']}"))
+        h.ok(client.delete(f"{url}/{deleted['id']}", params={"task": "delete"}))
+        h.ok(client.delete(f"{url}/{made['id']}", params={"task": "deactivate"}))
+        h.ok(client.put(f"{url}/{made['id']}/reactivate"))
+        h.ok(client.delete(f"/accounts/self/temporary_enrollment_pairings/{other['id']}"))
+
+    after = totals(world)
+    kept = {
+        key: after[0].get(key, 0) - before[0].get(key, 0)
+        for key in after[0].keys() | before[0].keys()
+    }
+    audited = {
+        key: after[1].get(key, 0) - before[1].get(key, 0)
+        for key in after[1].keys() | before[1].keys()
+    }
+    assert {k: n for k, n in kept.items() if n} == {k: n for k, n in audited.items() if n}
+    assert kept[state_change_key(ENROLLMENT, "completed")] == 1
+    assert kept[state_change_key(ENROLLMENT, "deleted")] == 1
+    assert kept[state_change_key(ENROLLMENT, "inactive")] == 1
+    assert kept[state_change_key(PAIRING, "ended")] == 1
+    assert kept[state_change_key(PAIRING, "deleted")] == 1
+
+
+def totals(world: World) -> tuple[dict[Key, int], dict[Key, int]]:
+    """The kept totals of audit rows, and the same counted from the audit table."""
+    with transaction(world.factory, commit=False) as session:
+        kept = {
+            key: n for key, n in metric_totals.read(session).items() if key[0].startswith("state_")
+        }
+        audited = {
+            state_change_key(context_type, to_state): n
+            for context_type, to_state, n in session.execute(
+                select(StateChange.context_type, StateChange.to_state, func.count()).group_by(
+                    StateChange.context_type, StateChange.to_state
+                )
+            )
+        }
+    return kept, audited

@@ -3,9 +3,9 @@ database Canvas owns users, courses and sections, so creating them is refused (4
 while the pairings and enrollments endpoints work.
 
 `tep api` is served with TEP_CANVAS_TABLES=existing on a managed database (SQLite, then
-PostgreSQL): the refusal depends on the mode the app is given (api/cli.py passes the setting to
-`create_app`), not on the tables, and the managed database lets the test arrange Canvas's objects
-as Canvas would have made them (tasks/canvas_objects.py).
+PostgreSQL): the refusal depends on the mode the app is given (worker/cli/serve.py passes the
+setting to `create_app`), not on the tables, and the managed database lets the test arrange
+Canvas's objects as Canvas would have made them (tasks/canvas_objects.py).
 """
 
 from __future__ import annotations

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from api import create_app
-from api.params import MAX_ID
-from models import make_sessionmaker
+from models import MAX_ID, make_sessionmaker
 from tests.api import helpers as h
 from tests.api.conftest import World, make_world
 from tests.api.server import ApiServer

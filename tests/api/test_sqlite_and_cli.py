@@ -15,12 +15,12 @@ from sqlalchemy import select
 
 from api import known_scopes
 from api.auth import create_token
-from api.cli import token_expiry
 from models import ApiToken, transaction, utcnow
 from tasks.lifecycle import LifecycleError, iso
 from tests.api import helpers as h
 from tests.api.conftest import World
 from tests.processes import PROJECT_ROOT, wait_until
+from worker.cli.tokens import token_expiry
 
 PAIRINGS = "/accounts/self/temporary_enrollment_pairings"
 

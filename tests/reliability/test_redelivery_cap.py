@@ -1,4 +1,4 @@
-"""A message that kills its worker every time is not redelivered forever (worker/delivery.py)."""
+"""A message that kills its worker every time is not redelivered forever (worker/redelivery.py)."""
 
 from __future__ import annotations
 

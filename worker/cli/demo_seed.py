@@ -1,4 +1,5 @@
-"""Demo data: one root account with pairings that are due, about to be due, and in the future."""
+"""Demo data (`tep demo`): one root account with pairings that are due, about to be due, and in
+the future."""
 
 from __future__ import annotations
 

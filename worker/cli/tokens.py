@@ -1,4 +1,4 @@
-"""`tep api` and `tep token create`, registered on the `tep` command line by worker/cli.py."""
+"""`tep token create|list|revoke`: the API's tokens."""
 
 from __future__ import annotations
 
@@ -7,82 +7,19 @@ import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy import select
 
-from models import transaction, utcnow
-from tasks.lifecycle import LifecycleError, iso
-from worker import runtime
+from worker.cli.shared import database, err, id_option
 
-if TYPE_CHECKING:  # `tep sweep` and friends should not pay for importing the web stack
-    from fastapi import FastAPI
-
+if TYPE_CHECKING:
     from models import ApiToken
 
 token_cli = typer.Typer(help="API tokens.", no_args_is_help=True)
 
-err = Console(stderr=True)
-
-
-def app_from_settings() -> FastAPI:
-    """The app on TEP_DATABASE_URL: uvicorn's factory, called once in each worker process."""
-    from api.app import create_app
-    from worker.settings import get_settings
-
-    settings = get_settings()
-    return create_app(
-        runtime.session_factory(),
-        webhook_urls=settings.webhook_url_list,
-        canvas_tables=settings.canvas_tables,
-        public_url=settings.public_url or None,
-        max_body_bytes=settings.max_body_bytes,
-        metrics_token=settings.metrics_token or None,
-    )
-
-
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    proxy_headers: Annotated[
-        bool,
-        typer.Option(
-            "--proxy-headers/--no-proxy-headers",
-            help="Believe X-Forwarded-For and X-Forwarded-Proto from the addresses of "
-            "--forwarded-allow-ips (a reverse proxy in front). Off: the peer is the client.",
-        ),
-    ] = False,
-    forwarded_allow_ips: Annotated[
-        str,
-        typer.Option(
-            help="With --proxy-headers: the proxies' addresses (comma-separated; CIDR allowed)."
-        ),
-    ] = "127.0.0.1",
-) -> None:
-    """Serve the Canvas-compatible REST API (run `tep db upgrade` first)."""
-    import uvicorn
-
-    from worker.settings import get_settings
-
-    get_settings()  # refuse bad settings with one line before uvicorn starts
-    uvicorn.run(
-        "api.cli:app_from_settings",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        # Forwarded headers are the client's to write unless a proxy we know overwrites them:
-        # trusted only when asked for, and only from the proxies named.
-        proxy_headers=proxy_headers,
-        forwarded_allow_ips=forwarded_allow_ips,
-    )
-
 
 @token_cli.command("create")
 def create_token(
-    account: Annotated[int, typer.Option("--account", help="Root account id.")],
-    user: Annotated[int, typer.Option("--user", help="The user the token acts for.")],
+    account: Annotated[int, id_option("--account", help="Root account id.")],
+    user: Annotated[int, id_option("--user", help="The user the token acts for.")],
     scope: Annotated[
         list[str] | None,
         typer.Option(
@@ -106,10 +43,12 @@ def create_token(
     account role in the account (`tep admin grant` makes one)."""
     from api.app import known_scopes
     from api.auth import create_token as store_token
+    from models import transaction
+    from tasks.lifecycle import iso
     from tasks.permissions import is_admin
 
     expires_at = token_expiry(expires_in) if expires_in is not None else None
-    with transaction(runtime.session_factory()) as session:
+    with transaction(database()) as session:
         token, secret = store_token(
             session,
             account_id=account,
@@ -121,14 +60,14 @@ def create_token(
         admin = is_admin(session, user, account)
     scopes = ", ".join(scope) if scope else "every endpoint of the account"
     expiry = f"expires {iso(expires_at)}" if expires_at else "never expires"
-    err.print(
+    err().print(
         f"token {token.id} ({token.token_hint}...) for user {user} in account {account}; "
         f"scopes: {scopes}; {expiry}. It is shown only now.",
         highlight=False,
         soft_wrap=True,
     )
     if not admin:
-        err.print(
+        err().print(
             f"note: user {user} holds no account role in account {account}, so the API will "
             f"answer 401 to this token; `tep admin grant --account {account} --user {user}` "
             "makes the user an AccountAdmin",
@@ -141,6 +80,8 @@ def create_token(
 def token_expiry(text: str) -> dt.datetime:
     """`--expires-in`: now plus a duration (`90d`); LifecycleError (one line, exit 2) for one
     that is not a duration or ends past the year 9999."""
+    from models import utcnow
+    from tasks.lifecycle import LifecycleError
     from worker.notify_settings import parse_duration
 
     try:
@@ -163,21 +104,25 @@ def _state(token: ApiToken, now: dt.datetime) -> str:
 
 @token_cli.command("list")
 def list_tokens(
-    account: Annotated[int, typer.Option("--account", help="Root account id.")],
+    account: Annotated[int, id_option("--account", help="Root account id.")],
     all_: Annotated[bool, typer.Option("--all", help="Revoked tokens too.")] = False,
 ) -> None:
     """The account's tokens: id, hint (the first characters of the secret), user, scopes,
     created, last used (to the minute), expiry, state. Secrets are never shown: only their
     hashes are stored."""
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy import select
+
     from api.auth import REVOKED
-    from models import ApiToken
-    from tasks.lifecycle import require_root_account
+    from models import ApiToken, transaction, utcnow
+    from tasks.lifecycle import iso, require_root_account
 
     now = utcnow()
     table = Table(title=f"API tokens of account {account}", title_justify="left")
     for column in ("id", "hint", "user", "scopes", "created", "last used", "expires", "state"):
         table.add_column(column, no_wrap=column != "scopes")
-    with transaction(runtime.session_factory(), commit=False) as session:
+    with transaction(database(), commit=False) as session:
         require_root_account(session, account)
         stmt = select(ApiToken).where(ApiToken.root_account_id == account).order_by(ApiToken.id)
         if not all_:
@@ -207,10 +152,11 @@ def revoke(
 ) -> None:
     """Revoke a token: it is refused (401) from the next request on."""
     from api.auth import revoke_token
+    from models import transaction
 
-    with transaction(runtime.session_factory()) as session:
+    with transaction(database()) as session:
         token = revoke_token(session, which.strip())
-        err.print(
+        err().print(
             f"revoked token {token.id} ({token.token_hint}...) of user {token.user_id} in "
             f"account {token.root_account_id}",
             highlight=False,
