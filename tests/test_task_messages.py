@@ -376,7 +376,7 @@ def test_the_signature_is_the_tasks_own_through_celerys_retry_wrapper() -> None:
     assert messages.body_problem([[], {"account": 1}, {}], SWEEP_RUN) is not None
 
 
-GOOD_HEADERS = {"task": "jobs.expire_due_pairings", "id": "6f1c", "retries": 0}
+GOOD_HEADERS = {"task": "tasks.expire_due_pairings", "id": "6f1c", "retries": 0}
 
 
 @pytest.mark.parametrize(

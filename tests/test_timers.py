@@ -203,7 +203,7 @@ def test_the_tick_looks_ahead_and_sends_each_timer_once(
     with freeze_time(T):
         assert timers.look_ahead(factory, app, as_of=T, timer=TIMER) == [T + 10 * S, T + 40 * S]
     assert app.etas == [T + 10 * S, T + 40 * S]
-    assert {m["name"] for m in app.sent} == {"jobs.expire_due_pairings"}
+    assert {m["name"] for m in app.sent} == {"tasks.expire_due_pairings"}
     assert app.sent[0]["kwargs"] == {"trigger": "timer", "not_before": "2027-03-01T12:00:10Z"}
     assert app.sent[0]["expires"] == T + 70 * S  # dropped if still waiting a tick later
 

@@ -4,6 +4,7 @@ expire its due pairings."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -97,7 +98,9 @@ def _run_worker_until_ended(pairing_ids: list[int], timeout: float) -> bool:
             highlight=False,
             soft_wrap=True,
         )
-        worker = subprocess.Popen(command, env=env)
+        # In a process group of its own: the worker's pool processes and its beat are stopped
+        # with it (below), and a Ctrl-C at the terminal reaches the demo, which stops them.
+        worker = subprocess.Popen(command, env=env, process_group=0)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline and worker.poll() is None:
@@ -114,12 +117,21 @@ def _run_worker_until_ended(pairing_ids: list[int], timeout: float) -> bool:
                     return True
             return False
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            _stop_group(worker)
+
+
+def _stop_group(worker: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the worker's whole process group (a warm shutdown, its children with it), and
+    SIGKILL to what is left after 30 s: nothing of it may outlive the demo, holding its output."""
+    try:
+        os.killpg(worker.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        worker.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)  # pool processes or beat a stopped worker left
+    worker.wait()
 
 
 def pairings_table(session: Session, pairing_ids: list[int]) -> Table:
