@@ -92,17 +92,31 @@ def _run_worker_until_ended(pairing_ids: list[int], timeout: float) -> bool:
             "--loglevel", "INFO", "--concurrency", "1",
             "--schedule", os.path.join(scratch, "beat-schedule"),
         ]  # fmt: skip
-        out().print(
-            f"starting: {' '.join(command[2:])}  "
-            f"(beat every {env['TEP_SWEEP_INTERVAL_SECONDS']} s)",
-            highlight=False,
-            soft_wrap=True,
-        )
         # In a process group of its own: the worker's pool processes and its beat are stopped
-        # with it (below), and a Ctrl-C at the terminal reaches the demo, which stops them.
-        worker = subprocess.Popen(command, env=env, process_group=0)
+        # with it (below), and a Ctrl-C at the terminal reaches the demo, which stops them. A
+        # Ctrl-C or SIGTERM that comes while it starts is held until `worker` is known, so that
+        # the worker is stopped, not left running; the worker itself starts with none held.
+        held = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            worker = subprocess.Popen(
+                command,
+                env=env,
+                process_group=0,
+                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, held),
+            )
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+            raise
         deadline = time.monotonic() + timeout
         try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # a held signal is raised here
+            out().print(
+                f"starting: {' '.join(command[2:])}  "
+                f"(beat every {env['TEP_SWEEP_INTERVAL_SECONDS']} s)",
+                highlight=False,
+                soft_wrap=True,
+            )
             while time.monotonic() < deadline and worker.poll() is None:
                 time.sleep(1)
                 with transaction(runtime.session_factory(), commit=False) as session:
