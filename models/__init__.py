@@ -45,10 +45,12 @@ from models.canvas import (
 from models.db import (
     CANVAS_TABLES_EXISTING,
     CANVAS_TABLES_MANAGED,
+    THROUGH_CANVAS,
     Schemas,
     make_engine,
     make_sessionmaker,
     normalize_url,
+    through_canvas,
     transaction,
 )
 from models.notify import (
@@ -64,6 +66,8 @@ from models.notify import (
 )
 from models.tep import (
     ApiToken,
+    CanvasCommand,
+    CanvasSync,
     DiscoveryCursor,
     EnrollmentDeadline,
     ExpiryTimer,
@@ -128,12 +132,15 @@ __all__ = [
     "NOTICE_SKIPPED",
     "PAIRING_STATES",
     "TEP_SCHEMA",
+    "THROUGH_CANVAS",
     "UTC",
     "Account",
     "AccountUser",
     "AnySelect",
     "ApiToken",
     "Base",
+    "CanvasCommand",
+    "CanvasSync",
     "CanvasTimestamp",
     "CommunicationChannel",
     "Course",
@@ -166,6 +173,7 @@ __all__ = [
     "pairing_not_deleted",
     "real_accounts",
     "tep_tables",
+    "through_canvas",
     "transaction",
     "utcnow",
 ]

@@ -119,11 +119,25 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
-    """Sessions on `engine`; `read_only` ones do not take SQLite's write lock when they begin."""
+# A session's `info` key saying that Canvas's rows here are a mirror of a hosted Canvas: each
+# change to an enrollment is decided here and made in Canvas through its REST API
+# (tasks/canvas_rest/).
+THROUGH_CANVAS = "tep_through_canvas"
+
+
+def make_sessionmaker(
+    engine: Engine, *, read_only: bool = False, through_canvas: bool = False
+) -> sessionmaker[Session]:
+    """Sessions on `engine`; `read_only` ones do not take SQLite's write lock when they begin.
+    `through_canvas`: the Canvas tables are a hosted Canvas's mirror (:data:`THROUGH_CANVAS`)."""
     if read_only:
         engine = engine.execution_options(sqlite_begin="DEFERRED")
-    return sessionmaker(engine, expire_on_commit=False)
+    return sessionmaker(engine, expire_on_commit=False, info={THROUGH_CANVAS: through_canvas})
+
+
+def through_canvas(session: Session) -> bool:
+    """Whether this session's changes go to a hosted Canvas through its REST API."""
+    return bool(session.info.get(THROUGH_CANVAS))
 
 
 @contextmanager

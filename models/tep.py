@@ -60,6 +60,10 @@ class StateChange(Base):
     run_id: Mapped[str] = mapped_column(String(36), nullable=False)
     actor_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[Created]
+    # Beside a hosted Canvas (tasks/canvas_rest/), a change is first decided on tep's mirror and
+    # then made in Canvas through its REST API: this is when Canvas confirmed it (NULL until
+    # then, and always NULL when tep writes the tables itself).
+    canvas_confirmed_at: Mapped[dt.datetime | None]
 
 
 class PairingEnd(Base):
@@ -239,3 +243,73 @@ class SkipLog(Base):
     # Whose pairing it is: a sweep of one root account clears only that account's rows.
     root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
     last_logged_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+
+
+class CanvasCommand(Base):
+    """tep's outbox beside a hosted Canvas: one change to make in Canvas through its REST API.
+
+    The sweep (or a restore) decides a change on tep's mirror of Canvas's rows and writes the
+    command in the same transaction; a delivery task sends it (tasks/canvas_rest/commands.py).
+    A command is leased while it is sent (`lease_owner`, `lease_until`), so one worker at a time
+    sends it, and finishes once with an `outcome`: `confirmed` (Canvas made the change),
+    `already` (Canvas showed the target state already), `gone` (Canvas answered 404),
+    `ended_by_canvas` (Canvas had ended it otherwise) or `refused` (Canvas said no for good;
+    `last_error` says why). Ids of Canvas's rows are Canvas's own ids.
+    """
+
+    __tablename__ = "temporary_enrollment_canvas_commands"
+    __table_args__ = (
+        # The delivery task's claim reads the open commands in id order.
+        Index(
+            "index_temporary_enrollment_canvas_commands_open",
+            "id",
+            postgresql_where=text("finished_at IS NULL"),
+            sqlite_where=text("finished_at IS NULL"),
+        ),
+        # A pairing ends once none of its commands is open; restore reads a pairing's commands.
+        Index(
+            "index_temporary_enrollment_canvas_commands_on_pairing_id",
+            "temporary_enrollment_pairing_id",
+        ),
+        SCHEMA,
+    )
+
+    id: Mapped[IdPk]
+    # `delete`, `conclude`, `deactivate` (Canvas's DELETE ...?task=), `reactivate`, `enroll`.
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    enrollment_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    course_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    temporary_enrollment_pairing_id: Mapped[int | None] = mapped_column(BigId)
+    root_account_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    # The audit row of the decision (StateChange.id), confirmed when Canvas confirms.
+    state_change_id: Mapped[int | None] = mapped_column(BigId)
+    from_state: Mapped[str] = mapped_column(String(255), nullable=False)
+    to_state: Mapped[str] = mapped_column(String(255), nullable=False)
+    # JSON: what an `enroll` sends (user, role, section, temporary ids, the new end_at).
+    payload: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    created_at: Mapped[Created]
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None]
+    next_attempt_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[dt.datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    # The enrollment's state as Canvas answered it.
+    canvas_state: Mapped[str | None] = mapped_column(String(255))
+    # `enroll`: the id Canvas gave the new enrollment (recorded against the old one).
+    new_enrollment_id: Mapped[int | None] = mapped_column(BigId)
+
+
+class CanvasSync(Base):
+    """What the last sync of a root account from a hosted Canvas did (tasks/canvas_rest/sync.py):
+    when it ran, when it last read everything, and its summary (rows and request cost), JSON."""
+
+    __tablename__ = "temporary_enrollment_canvas_syncs"
+    __table_args__ = (SCHEMA,)
+
+    root_account_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    synced_at: Mapped[dt.datetime] = mapped_column(nullable=False)
+    full_synced_at: Mapped[dt.datetime | None]
+    summary: Mapped[str] = mapped_column(Text, nullable=False)

@@ -56,7 +56,7 @@ from tests.conftest import CANVAS_SCHEMAS
 from tests.test_metrics import audit_totals, make_history
 
 LEGACY_REVISION = "0002"
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 # --------------------------------------------------------------------------------------------

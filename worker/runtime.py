@@ -23,7 +23,7 @@ def engine() -> Engine:
 
 @lru_cache(maxsize=1)
 def session_factory() -> sessionmaker[Session]:
-    return make_sessionmaker(engine())
+    return make_sessionmaker(engine(), through_canvas=get_settings().through_canvas)
 
 
 def reset() -> None:

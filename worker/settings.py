@@ -147,6 +147,20 @@ class Settings(BaseSettings):
     # line (worker/logs.py says which fields).
     log_format: LogFormat = "text"
 
+    # Beside a hosted Canvas (tasks/canvas_rest/): tep's database holds a mirror of what it needs,
+    # synced from Canvas's REST API, and each change is made through Canvas's own endpoints.
+    # Unset: tep writes Canvas's tables itself (TEP_CANVAS_TABLES).
+    canvas_url: str = ""  # https://school.instructure.com
+    canvas_token: str = Field(default="", validate_default=True)  # an administrator's token
+    # Root accounts to manage, comma-separated; empty: the root accounts the token administers.
+    canvas_account_ids: str = ""
+    # Seconds between syncs from Canvas (the sweep then runs on the fresh mirror).
+    canvas_sync_interval_seconds: float = Field(
+        default=300, ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS, allow_inf_nan=False
+    )
+    # Requests to Canvas in flight at once, per process.
+    canvas_max_in_flight: int = Field(default=2, ge=1, le=32)
+
     @model_validator(mode="after")
     def _schemas_apart(self) -> Settings:
         if self.canvas_schema == self.tep_schema:
@@ -292,6 +306,56 @@ class Settings(BaseSettings):
         notify_settings.check_userinfo(value)  # kombu would read a password's tail as the port
         return value
 
+    @field_validator("canvas_url")
+    @classmethod
+    def _canvas_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        notify_settings.check_userinfo(value)
+        parsed = urllib.parse.urlsplit(value)
+        if (
+            not value.isascii()
+            or not value.isprintable()
+            or " " in value
+            or parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or parsed.username is not None
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise ValueError(
+                "not a Canvas URL: http(s)://host[:port][/prefix], without user, query or fragment"
+            )
+        return value.rstrip("/").removesuffix("/api/v1")
+
+    @field_validator("canvas_token")
+    @classmethod
+    def _canvas_token(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if value and (not value.isascii() or not value.isprintable() or " " in value):
+            raise ValueError("a Canvas access token is printable ASCII without spaces")
+        if info.data.get("canvas_url") and not value:
+            raise ValueError("TEP_CANVAS_URL is set: set TEP_CANVAS_TOKEN to an admin's token")
+        return value
+
+    @field_validator("canvas_account_ids")
+    @classmethod
+    def _canvas_account_ids(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        if any(not part.isdigit() or not 0 < int(part) < 2**63 for part in parts):
+            raise ValueError("comma-separated Canvas account ids (e.g. 1,2)")
+        return ",".join(parts)
+
+    @property
+    def canvas_account_id_list(self) -> list[int]:
+        return [int(part) for part in self.canvas_account_ids.split(",") if part]
+
+    @property
+    def through_canvas(self) -> bool:
+        """Changes go through a hosted Canvas's REST API (tasks/canvas_rest/)."""
+        return bool(self.canvas_url)
+
     @field_validator("nightly_cron")
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -334,7 +398,7 @@ def redact(value: object, *, url: bool = False) -> object:
 
 
 # Never echoed back in an error line at all.
-_SECRET_SETTINGS = ("TEP_WEBHOOK_SECRET", "TEP_METRICS_TOKEN")
+_SECRET_SETTINGS = ("TEP_WEBHOOK_SECRET", "TEP_METRICS_TOKEN", "TEP_CANVAS_TOKEN")
 # Always masked as URLs, even when a value is too broken to look like one.
 _URL_SETTINGS = (
     "TEP_DATABASE_URL",
@@ -343,6 +407,7 @@ _URL_SETTINGS = (
     "TEP_SMTP_URL",
     "TEP_WEBHOOK_URLS",
     "TEP_PUBLIC_URL",
+    "TEP_CANVAS_URL",
 )
 
 
