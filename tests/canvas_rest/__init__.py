@@ -1,0 +1,1 @@
+"""Tests of the hosted-Canvas connector (tasks/canvas_rest/) against a live test Canvas."""
