@@ -17,6 +17,8 @@ from models import (
     NOTICE_FAILED,
     NOTICE_PENDING,
     Account,
+    CanvasCommand,
+    CanvasSync,
     Enrollment,
     Notice,
     SweepRun,
@@ -151,6 +153,43 @@ def run_history(session: Session, limit: int = RECENT_RUNS) -> dict[str, Any]:
     }
 
 
+def canvas_outbox(session: Session) -> dict[str, Any]:
+    """Beside a hosted Canvas (tasks/canvas_rest/): the commands not yet confirmed by Canvas, how
+    many have failed at least once, the oldest, the latest error; and each root account's last
+    sync. All zeros and empty when tep writes Canvas's tables itself. Reads the outbox's partial
+    index of open commands only."""
+    open_ = CanvasCommand.finished_at.is_(None)
+    waiting, failing, oldest = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((CanvasCommand.attempts > 0, 1), else_=0)), 0),
+            func.min(CanvasCommand.created_at),
+        ).where(open_)
+    ).one()
+    last_error = session.scalar(
+        select(CanvasCommand.last_error)
+        .where(open_, CanvasCommand.last_error.is_not(None))
+        .order_by(CanvasCommand.id.desc())
+        .limit(1)
+    )
+    syncs = session.scalars(select(CanvasSync).order_by(CanvasSync.root_account_id)).all()
+    return {
+        "open_commands": int(waiting),
+        "failing_commands": int(failing),
+        "oldest_open_at": _iso(oldest),
+        "last_error": last_error,
+        "syncs": [
+            {
+                "root_account_id": sync.root_account_id,
+                "synced_at": _iso(sync.synced_at),
+                "full_synced_at": _iso(sync.full_synced_at),
+                "summary": json.loads(sync.summary),
+            }
+            for sync in syncs
+        ],
+    }
+
+
 def collect_status(
     session: Session, now: dt.datetime, webhook_urls: Sequence[str]
 ) -> dict[str, Any]:
@@ -189,6 +228,7 @@ def collect_status(
             }
             for url, counts in receivers.items()
         ],
+        "canvas": canvas_outbox(session),
         "notices_unsent": {
             "pending": int(unsent_counts.get(NOTICE_PENDING, 0)),
             "failed": int(unsent_counts.get(NOTICE_FAILED, 0)),
@@ -254,6 +294,7 @@ def check_status(
       enrollments not expired for more than DUE_INTERVALS sweep intervals (people keep access
       past its end); no sweep finished for STALE_INTERVALS intervals (beat or the worker is
       down), when the interval sweep is on;
+    * CRITICAL, beside a hosted Canvas: commands to Canvas not confirmed for as long;
     * WARNING: a run was interrupted (stopped from outside: a restart, Ctrl-C) since the last
       good run that does its work; the latest run skipped pairings (bad data, left untouched).
 
@@ -274,6 +315,7 @@ def check_status(
                 "too slow",
             )
         )
+    findings.extend(_canvas_backlog(session, now, due_for))
     latest = next(recorded_runs(session, limit=1), None)
     if interval is not None:
         stale = STALE_INTERVALS * interval
@@ -302,6 +344,33 @@ def check_status(
             )
         )
     return sorted(findings, key=lambda finding: -finding.level)
+
+
+def _canvas_backlog(session: Session, now: dt.datetime, due_for: dt.timedelta) -> list[Finding]:
+    """Beside a hosted Canvas: commands Canvas has not confirmed for as long as due work may
+    wait. The enrollments are ended in tep's mirror but not yet in Canvas, where people keep
+    access: as critical as a backlog of due work."""
+    stale = session.execute(
+        select(func.count(), func.min(CanvasCommand.created_at)).where(
+            CanvasCommand.finished_at.is_(None), CanvasCommand.created_at < now - due_for
+        )
+    ).one()
+    if not stale[0]:
+        return []
+    last_error = session.scalar(
+        select(CanvasCommand.last_error)
+        .where(CanvasCommand.finished_at.is_(None), CanvasCommand.last_error.is_not(None))
+        .order_by(CanvasCommand.id.desc())
+        .limit(1)
+    )
+    return [
+        Finding(
+            CRITICAL,
+            f"{stale[0]:,} command(s) to Canvas not confirmed for more than "
+            f"{_duration(due_for)} (the oldest since {_iso(stale[1])}): "
+            + (f"the last error: {last_error}" if last_error else "is the worker sending them?"),
+        )
+    ]
 
 
 def _failures(session: Session, now: dt.datetime) -> list[Finding]:

@@ -342,3 +342,42 @@ def test_tep_status_check_on_a_database_it_cannot_read_is_critical(tmp_path: Pat
     bad = tep("sqlite:///x.sqlite", "status", "--check", TEP_RETENTION_DAYS="0")
     assert bad.returncode == 2
     assert bad.stdout.startswith("CRITICAL: invalid settings: TEP_RETENTION_DAYS=")
+
+
+def test_check_reports_commands_canvas_has_not_confirmed(session: Session) -> None:
+    """Beside a hosted Canvas: an enrollment ended in tep's mirror but not yet in Canvas keeps
+    people's access there, as critical as due work nobody expires; a fresh one is not yet."""
+    from models import CanvasCommand
+    from tasks.status import canvas_outbox
+
+    now = utcnow()
+    interval = dt.timedelta(seconds=60)
+
+    def command(created_at: dt.datetime, **values: object) -> None:
+        session.add(
+            CanvasCommand(
+                kind="conclude",
+                enrollment_id=7,
+                course_id=3,
+                temporary_enrollment_pairing_id=5,
+                root_account_id=1,
+                from_state="active",
+                to_state="completed",
+                run_id="run",
+                created_at=created_at,
+                **values,
+            )
+        )
+        session.commit()
+
+    command(now - MINUTE)
+    assert not [x for x in check_status(session, now, interval) if "Canvas" in x.message]
+    command(now - HOUR, attempts=4, last_error="Canvas did not answer DELETE ... after 8 attempts")
+    command(now - 2 * HOUR, finished_at=now - HOUR, outcome="confirmed")  # done: not counted
+    [finding] = [x for x in check_status(session, now, interval) if "Canvas" in x.message]
+    assert finding.level == CRITICAL
+    assert finding.message.startswith("1 command(s) to Canvas not confirmed for more than 2 min")
+    assert "the last error: Canvas did not answer DELETE" in finding.message
+    outbox = canvas_outbox(session)
+    assert (outbox["open_commands"], outbox["failing_commands"]) == (2, 1)
+    assert outbox["oldest_open_at"] == lifecycle.iso(now - HOUR)

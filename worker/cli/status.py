@@ -183,6 +183,31 @@ def tables(report: dict[str, Any], *, mail_on: bool) -> list[Table | str]:
     else:
         shown.append("Webhooks: none configured (TEP_WEBHOOK_URLS).")
 
+    canvas = report.get("canvas")
+    if canvas and (canvas["open_commands"] or canvas["syncs"]):
+        line = (
+            f"Canvas commands not yet confirmed: {count(canvas['open_commands'])} "
+            f"({count(canvas['failing_commands'])} failed at least once"
+            + (
+                f"; the oldest since {short(canvas['oldest_open_at'])}"
+                if canvas["oldest_open_at"]
+                else ""
+            )
+            + ")"
+            + (f"; the last error: {canvas['last_error']}" if canvas["last_error"] else "")
+            + "."
+        )
+        shown.append(line)
+        if canvas["syncs"]:
+            syncs = _table("Canvas syncs", "root account", "last sync", "last full sync")
+            for sync in canvas["syncs"]:
+                syncs.add_row(
+                    str(sync["root_account_id"]),
+                    short(sync["synced_at"]),
+                    short(sync["full_synced_at"]) if sync["full_synced_at"] else "",
+                )
+            shown.append(syncs)
+
     unsent = report["notices_unsent"]
     if unsent["items"]:
         table = _table(
