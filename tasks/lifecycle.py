@@ -15,6 +15,9 @@
   Canvas's tables; the decision is always made on Canvas's enrollment row itself.
 * A pairing whose data the rules cannot apply to (an ending state we do not know, a live enrollment
   with no `end_at`, a deleted root account) is never guessed at: it is skipped, reported, logged.
+* Beside a hosted Canvas (sessions made `through_canvas`), these rules run on tep's mirror of
+  Canvas's rows: each enrollment change is also a command to Canvas, written with it, and a pairing
+  ends once Canvas has answered them all (tasks/canvas_rest/commands.py).
 
 Functions here take a `Session` and never commit; :func:`run_sweep` is the one driver that owns
 transactions, because a sweep commits batch by batch so that a large backlog neither holds locks
@@ -73,6 +76,7 @@ from models import (
     TemporaryEnrollmentPairing,
     User,
     UTCDateTime,
+    through_canvas,
     transaction,
     utcnow,
 )
@@ -482,14 +486,39 @@ def expire_enrollments_by_pairing(
     if not ending_states:
         return {}
     if write and session.get_bind().dialect.name == "postgresql":
-        return _expire_and_audit_in_one_statement(session, ending_states, where, ctx)
-    by_state: dict[str, list[int]] = {}
-    for pairing_id, ending_state in ending_states.items():
-        by_state.setdefault(ending_state, []).append(pairing_id)
-    return {
-        ending_state: _expire_in_two_statements(session, ids, ending_state, where, ctx, write)
-        for ending_state, ids in by_state.items()
-    }
+        changes = _expire_and_audit_in_one_statement(session, ending_states, where, ctx)
+    else:
+        by_state: dict[str, list[int]] = {}
+        for pairing_id, ending_state in ending_states.items():
+            by_state.setdefault(ending_state, []).append(pairing_id)
+        changes = {
+            ending_state: _expire_in_two_statements(session, ids, ending_state, where, ctx, write)
+            for ending_state, ids in by_state.items()
+        }
+    if write and through_canvas(session):
+        # Beside a hosted Canvas the change above is the decision, made on tep's mirror; each
+        # changed enrollment also gets a command to Canvas, in this transaction.
+        _write_canvas_commands(session, list(ending_states), ctx)
+    return changes
+
+
+# The hooks into the hosted-Canvas connector (tasks/canvas_rest/commands.py). Imported when first
+# called: the connector builds on these rules (it imports this module), so this module cannot
+# import it at its top.
+
+
+def _write_canvas_commands(session: Session, pairing_ids: list[int], ctx: ChangeContext) -> None:
+    from tasks.canvas_rest.commands import write_for_changes
+
+    write_for_changes(session, pairing_ids, ctx)
+
+
+def _not_awaiting_canvas(
+    session: Session, pairings: list[tuple[int, int, str]]
+) -> list[tuple[int, int, str]]:
+    from tasks.canvas_rest.commands import not_awaiting_canvas
+
+    return not_awaiting_canvas(session, pairings)
 
 
 def _expire_in_two_statements(
@@ -803,7 +832,13 @@ def record_pairing_ends(
     ended_at: dt.datetime,
 ) -> int:
     """End pairings `(id, root_account_id, from_state)`: a row each in tep's pairing ends and an
-    audit row each. Canvas's pairing row is not touched: Canvas has no `ended` state."""
+    audit row each. Canvas's pairing row is not touched: Canvas has no `ended` state.
+
+    Beside a hosted Canvas, a pairing with commands Canvas has not answered yet does not end
+    here: it ends when the last of them finishes (tasks/canvas_rest/commands.py). Returns how
+    many ended."""
+    if through_canvas(session):
+        pairings = _not_awaiting_canvas(session, list(pairings))
     pairings = audit_pairings(session, pairings, "ended", ctx)
     if pairings:
         session.connection().execute(
@@ -915,13 +950,14 @@ def expire_batch(
     changed = expire_enrollments_by_pairing(session, ending_states, due, ctx, write=write)
     for ending_state, count in changed.items():
         summary.enrollments_changed[ending_state] += count
+    ended_now = len(ending)
     if write:
-        record_pairing_ends(
+        ended_now = record_pairing_ends(
             session, ((pid, roots[pid], "active") for pid in ending), ctx, ended_at=summary.as_of
         )
         ended = set(ending)
         deadlines.refresh_pairings(session, [pid for pid in roots if pid not in ended])
-    summary.pairings_ended += len(ending)
+    summary.pairings_ended += ended_now
 
 
 ProgressCallback = Callable[[RunSummary], None]
@@ -1325,7 +1361,10 @@ def end_pairing(
     me = [(pairing.id, pairing.root_account_id, shown)]
     if delete:
         audit_pairings(session, me, "deleted", ctx)
-        if shown == "active":
+        if shown == "active" and not (
+            # Beside a hosted Canvas, the end waits for Canvas's answers (record_pairing_ends).
+            through_canvas(session) and not _not_awaiting_canvas(session, me)
+        ):
             _insert_pairing_end(session, pairing.id, pairing.root_account_id, ctx)
         # What Canvas's own DELETE writes (temporary_enrollment_pairings_api_controller.rb):
         # the soft delete and who did it.

@@ -33,6 +33,7 @@ from models import (
     PairingEnd,
     StateChange,
     TemporaryEnrollmentPairing,
+    through_canvas,
 )
 from tasks import canvas_callbacks, deadlines, metric_totals, timers
 from tasks.events import REASON_CREATED
@@ -147,6 +148,8 @@ def restore_pairing(
 
     _check_unchanged(session, shown, pairing.id, undone[0].run_id, enrollment_rows, pairing_rows)
     _check_end_at(session, enrollment_rows, as_of, end_at)
+    if through_canvas(session):
+        _refuse_what_canvas_cannot_restore(session, pairing.id, enrollment_rows)
     canvas_callbacks.allow_bulk_writes(session)
 
     run_id = new_run_id()
@@ -205,6 +208,10 @@ def restore_pairing(
     )
     for change in undone:  # a set-based insert: counted here (tasks/metric_totals.py)
         metric_totals.count_state_changes(session, change.context_type, change.from_state, 1)
+    if through_canvas(session):
+        # Beside a hosted Canvas these were the mirror's changes: each restored enrollment also
+        # gets its command to Canvas, in this transaction (tasks/canvas_rest/restore.py).
+        _write_canvas_restore_commands(session, pairing_id, run_id, end_at)
     session.refresh(pairing)
     return RestoreResult(
         pairing_id=pairing_id,
@@ -215,6 +222,26 @@ def restore_pairing(
         enrollments_restored=restored,
         end_at=end_at,
     )
+
+
+# The hooks into the hosted-Canvas connector (tasks/canvas_rest/restore.py), imported when called:
+# it builds on this module.
+
+
+def _refuse_what_canvas_cannot_restore(
+    session: Session, pairing_id: int, enrollment_rows: Sequence[StateChange]
+) -> None:
+    from tasks.canvas_rest import restore as canvas_restore
+
+    canvas_restore.refuse_what_canvas_cannot_restore(session, pairing_id, enrollment_rows)
+
+
+def _write_canvas_restore_commands(
+    session: Session, pairing_id: int, run_id: str, end_at: dt.datetime | None
+) -> None:
+    from tasks.canvas_rest import restore as canvas_restore
+
+    canvas_restore.write_restore_commands(session, pairing_id, run_id, new_end_at=end_at)
 
 
 def _check_end_at(

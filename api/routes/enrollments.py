@@ -554,6 +554,7 @@ def _create(
             )
         if source_user_id == user_id:
             raise unprocessable("a user cannot be the provider of their own temporary enrollment")
+    pairing: Pairing | None = None
     if pairing_id is not None:
         # The pairing's row lock, before writing one of its enrollments (see the module doc).
         pairing = session.execute(
@@ -562,16 +563,20 @@ def _create(
         if pairing is None or pairing.root_account_id != root:
             raise not_found(f"no temporary enrollment pairing with id {pairing_id}")
         # The shown state: Canvas's row stays `active` when a pairing ends (tep's table says it).
+        # An ended pairing is still `active` to Canvas, which takes enrollments into it: it
+        # opens again, as a reactivation reopens it (`_reopen`).
         pairing_state = lifecycle.pairing_state(session, pairing)
-        if pairing_state != "active":
+        if pairing_state == "deleted":
             raise unprocessable(
-                f"temporary enrollment pairing {pairing_id} is {pairing_state}; "
+                f"temporary enrollment pairing {pairing_id} is deleted; "
                 "only an active pairing takes enrollments"
             )
 
     # Canvas's unique index `index_enrollments_on_user_type_role_section`: one enrollment per
-    # user, type, role and section, whatever its state. Canvas's own `Course#enroll_user` would
-    # reuse the existing row; this service does not rewrite an enrollment it was asked to create.
+    # user, type, role and section, whatever its state. Canvas's `Course#enroll_user`
+    # (app/models/course.rb; the API's create passes `allow_multiple_enrollments`) reuses that
+    # row: one not `active` takes the requested state (a deleted one comes back), and every one
+    # takes the new dates, section privileges and temporary ids.
     existing = session.scalar(
         select(Enrollment.id).where(
             Enrollment.user_id == user_id,
@@ -585,10 +590,30 @@ def _create(
         f"user {user_id} already has a {enrollment_type} enrollment in role {role.name} in "
         f"section {section.id}"
     )
+    run_id = lifecycle.new_run_id()
     if existing is not None:
-        raise unprocessable(
-            f"{already} (enrollment {existing}); Canvas allows one per user, role and section"
+        reused = _enroll_again(
+            session,
+            caller,
+            existing,
+            state=state,
+            start_at=start_at,
+            end_at=end_at,
+            limit_privileges=limit_privileges,
+            source_user_id=source_user_id,
+            pairing_id=pairing_id,
+            run_id=run_id,
+            now=now,
         )
+        if pairing is not None and reused.workflow_state in LIVE_ENROLLMENT_STATES:
+            _reopen(session, caller, pairing, run_id, now)
+        if temporary:
+            timers.schedule_after_commit(session, [end_at])
+        [json] = render(
+            session, [Shown(reused, reused.workflow_state, role.name)], request,
+            include=_include(params),
+        )  # fmt: skip
+        return json
     enrollment = Enrollment(
         user_id=user_id,
         course_id=section.course_id,
@@ -609,6 +634,8 @@ def _create(
     except IntegrityError:
         # Another request enrolled the same user between our check and our insert.
         raise unprocessable(f"{already}; Canvas allows one per user, role and section") from None
+    if pairing is not None and state in LIVE_ENROLLMENT_STATES:
+        _reopen(session, caller, pairing, run_id, now)
     if temporary:  # due within the timers' horizon: its timer now, not at the next tick
         timers.schedule_after_commit(session, [end_at])
     [json] = render(
@@ -616,6 +643,44 @@ def _create(
         include=_include(params),
     )  # fmt: skip
     return json
+
+
+REASON_ENROLLED_AGAIN = "enrolled_again"
+
+
+def _enroll_again(
+    session: Session,
+    caller: Caller,
+    enrollment_id: int,
+    *,
+    state: str,
+    start_at: dt.datetime | None,
+    end_at: dt.datetime | None,
+    limit_privileges: bool,
+    source_user_id: int | None,
+    pairing_id: int | None,
+    run_id: str,
+    now: dt.datetime,
+) -> Enrollment:
+    """Canvas's `Course#enroll_user` on a row it finds: a state change (audited) unless the row
+    is `active`, and the new dates, privileges and temporary ids; what Canvas's callbacks would
+    have written, and tep's deadline index, as every writer here."""
+    enrollment: Enrollment = _locked(session, Enrollment, enrollment_id)
+    if enrollment.workflow_state != "active" and enrollment.workflow_state != state:
+        _audit(session, caller, enrollment, state, REASON_ENROLLED_AGAIN, run_id, now)
+        enrollment.workflow_state = state
+        if state != "completed":
+            enrollment.completed_at = None
+    enrollment.start_at = start_at
+    enrollment.end_at = end_at
+    enrollment.limit_privileges_to_course_section = limit_privileges
+    enrollment.temporary_enrollment_source_user_id = source_user_id
+    enrollment.temporary_enrollment_pairing_id = pairing_id
+    enrollment.updated_at = now
+    session.flush()
+    canvas_callbacks.sync_enrollments(session, [enrollment.id], now)
+    deadlines.track(session, [enrollment.id])
+    return enrollment
 
 
 def _default_section(

@@ -155,19 +155,23 @@ def test_a_created_temporary_enrollment_is_valid_until_its_end_and_indexed(
         )
 
 
-def test_a_second_enrollment_of_the_same_user_role_and_section_is_refused(
+def test_a_second_enrollment_of_the_same_user_role_and_section_reuses_the_row(
     any_world: World,
 ) -> None:
-    """Canvas's unique index allows one per user, type, role and section, whatever its state."""
+    """Canvas's unique index allows one per user, type, role and section, whatever its state,
+    and Canvas's `Course#enroll_user` (app/models/course.rb) reuses that row: a deleted
+    enrollment comes back, same id, in the state asked for, audited."""
     with any_world.client() as client:
         course = h.course(client)
         student = h.user(client)
         first = h.ok(h.enroll(client, course["id"], student["id"]))
         h.ok(client.delete(f"/courses/{course['id']}/enrollments/{first['id']}"))
-        message = h.error(h.enroll(client, course["id"], student["id"]), 422)
-        assert f"(enrollment {first['id']})" in message and "already has" in message
-        # Another type is another role: allowed.
-        h.ok(h.enroll(client, course["id"], student["id"], type="TaEnrollment"))
+        again = h.ok(h.enroll(client, course["id"], student["id"]))
+        assert again["id"] == first["id"] and again["enrollment_state"] == "active"
+        assert enrollment_row(any_world, first["id"])["workflow_state"] == "active"
+        # Another type is another role: another row.
+        other = h.ok(h.enroll(client, course["id"], student["id"], type="TaEnrollment"))
+        assert other["id"] != first["id"]
 
 
 # --------------------------------------------------------------------------------------------
