@@ -215,6 +215,30 @@ def restore_pairing(
     new_end_at = arguments.optional_moment(end_at, "end_at")
     actor_id = arguments.optional_id(actor_id, "actor_id")
 
+    if get_settings().through_canvas:
+        # Through Canvas: the mirror's restore and its commands commit together; the commands go
+        # at once to Canvas, and those it does not answer now stay in the outbox.
+        from tasks.canvas_rest.client import CanvasClient
+        from tasks.canvas_rest.restore import restore_through_canvas
+
+        with CanvasClient.from_settings(get_settings()) as client, retried_if_unavailable():
+            through = restore_through_canvas(
+                runtime.session_factory(),
+                client,
+                pairing_id,
+                end_at=new_end_at,
+                actor_id=actor_id,
+                worker_id=f"restore:{restore_pairing.request.id}"[:64],
+            )
+        log.info(
+            "restored pairing %s to %s (undid run %s): %s; %s Canvas command(s) pending",
+            pairing_id,
+            through.restored.pairing_state,
+            through.restored.undone_run_id,
+            through.restored.enrollments_restored,
+            through.pending,
+        )
+        return through.to_json()
     with retried_if_unavailable(), transaction(runtime.session_factory()) as session:
         result = restore.restore_pairing(
             session, pairing_id, as_of=utcnow(), end_at=new_end_at, actor_id=actor_id

@@ -1338,6 +1338,13 @@ def end_pairing(
     ).scalar_one_or_none()
     if pairing is None:
         raise UnknownPairing(f"no temporary enrollment pairing with id {pairing_id}")
+    if delete and through_canvas(session):
+        # tep never deletes a pairing in a hosted Canvas (README, "Running beside a hosted
+        # Canvas"); marking only the mirror's row deleted would be undone by the next sync.
+        raise LifecycleError(
+            f"pairing {pairing_id} is a hosted Canvas's: delete it in Canvas (the next sync "
+            "mirrors that), or end it early here without deleting it"
+        )
     shown = pairing_state(session, pairing)
     if shown == "deleted" or (shown == "ended" and not delete):
         return pairing, {}

@@ -675,34 +675,22 @@ def test_a_lapsed_lease_is_taken_over_and_a_held_one_is_not(
         assert session.scalar(select(func.count()).select_from(PairingEnd)) == 0
 
 
-def test_deleting_a_pairing_ends_it_once_canvas_has_answered(
-    canvas: TestCanvas, mirror_factory: sessionmaker[Session], client: CanvasClient
+def test_deleting_a_pairing_of_a_hosted_canvas_is_refused_and_changes_nothing(
+    canvas: TestCanvas, mirror_factory: sessionmaker[Session]
 ) -> None:
+    """tep never deletes a pairing in Canvas; marking the mirror's row alone would be undone by
+    the next sync. One line says where to do it, and nothing is written."""
     scene = make_scene(canvas, ("inactive",))
     mirror_from_canvas(canvas, mirror_factory)
     pairing_id = scene.pairings["inactive"]
-    with transaction(mirror_factory) as session:
-        pairing, changed = lifecycle.end_pairing(
+    refused = pytest.raises(lifecycle.LifecycleError, match="delete it in Canvas")
+    with refused, transaction(mirror_factory) as session:
+        lifecycle.end_pairing(
             session, pairing_id, as_of=utcnow(), actor_id=canvas.admin_id, delete=True
         )
-        assert changed == {"inactive": 2}
-        assert lifecycle.pairing_state(session, pairing) == "deleted"
-    assert ended_pairings(mirror_factory) == set()
-
-    summary = commands.deliver_commands(mirror_factory, client, worker_id="w1")
-
-    assert summary.outcomes[commands.CONFIRMED] == 2 and summary.pairings_ended == 1
     with mirror_factory() as session:
-        end = session.get_one(PairingEnd, pairing_id)
-        pairing_rows = session.execute(
-            select(StateChange.from_state, StateChange.to_state, StateChange.run_id).where(
-                StateChange.context_type == lifecycle.PAIRING
-            )
-        ).all()
-    # The delete's one audit row; its end is tep's row alone, as end_pairing writes it.
-    assert [(f, t) for f, t, _ in pairing_rows] == [("active", "deleted")]
-    assert end.run_id == pairing_rows[0][2]
+        assert session.scalar(select(func.count()).select_from(CanvasCommand)) == 0
+        assert session.scalar(select(func.count()).select_from(StateChange)) == 0
+        assert session.get_one(TemporaryEnrollmentPairing, pairing_id).workflow_state == "active"
     for enrollment_id in scene.all_enrollments:
-        assert canvas_changes(canvas, enrollment_id) == [
-            ("active", "inactive", "enrollment_deactivated")
-        ]
+        assert canvas_changes(canvas, enrollment_id) == []
