@@ -153,7 +153,7 @@ def run_history(session: Session, limit: int = RECENT_RUNS) -> dict[str, Any]:
     }
 
 
-def canvas_outbox(session: Session) -> dict[str, Any]:
+def canvas_outbox(session: Session, now: dt.datetime) -> dict[str, Any]:
     """Beside a hosted Canvas (tasks/canvas_rest/): the commands not yet confirmed by Canvas, how
     many have failed at least once, the oldest, the latest error; and each root account's last
     sync. All zeros and empty when tep writes Canvas's tables itself. Reads the outbox's partial
@@ -172,12 +172,23 @@ def canvas_outbox(session: Session) -> dict[str, Any]:
         .order_by(CanvasCommand.id.desc())
         .limit(1)
     )
+    refused_recently = (CanvasCommand.outcome == "refused", CanvasCommand.finished_at >= now - WEEK)
+    refused = session.scalar(select(func.count()).where(*refused_recently))
+    last_refusal = session.scalar(
+        select(CanvasCommand.last_error)
+        .where(*refused_recently)
+        .order_by(CanvasCommand.finished_at.desc())
+        .limit(1)
+    )
     syncs = session.scalars(select(CanvasSync).order_by(CanvasSync.root_account_id)).all()
     return {
         "open_commands": int(waiting),
         "failing_commands": int(failing),
         "oldest_open_at": _iso(oldest),
         "last_error": last_error,
+        # Answers Canvas gave that say no for good (the pairing stays open): the last 7 days.
+        "refused_commands_7d": int(refused or 0),
+        "last_refusal": last_refusal,
         "syncs": [
             {
                 "root_account_id": sync.root_account_id,
@@ -228,7 +239,7 @@ def collect_status(
             }
             for url, counts in receivers.items()
         ],
-        "canvas": canvas_outbox(session),
+        "canvas": canvas_outbox(session, now),
         "notices_unsent": {
             "pending": int(unsent_counts.get(NOTICE_PENDING, 0)),
             "failed": int(unsent_counts.get(NOTICE_FAILED, 0)),
@@ -355,8 +366,23 @@ def _canvas_backlog(session: Session, now: dt.datetime, due_for: dt.timedelta) -
             CanvasCommand.finished_at.is_(None), CanvasCommand.created_at < now - due_for
         )
     ).one()
+    findings = []
+    refused = session.execute(
+        select(func.count(), func.max(CanvasCommand.finished_at)).where(
+            CanvasCommand.outcome == "refused", CanvasCommand.finished_at >= now - DAY
+        )
+    ).one()
+    if refused[0]:
+        findings.append(
+            Finding(
+                WARNING,
+                f"Canvas refused {refused[0]:,} command(s) in the last 24 h (the last at "
+                f"{_iso(refused[1])}): those enrollments are not ended in Canvas; "
+                "`tep status --json` shows the last error",
+            )
+        )
     if not stale[0]:
-        return []
+        return findings
     last_error = session.scalar(
         select(CanvasCommand.last_error)
         .where(CanvasCommand.finished_at.is_(None), CanvasCommand.last_error.is_not(None))
@@ -364,12 +390,13 @@ def _canvas_backlog(session: Session, now: dt.datetime, due_for: dt.timedelta) -
         .limit(1)
     )
     return [
+        *findings,
         Finding(
             CRITICAL,
             f"{stale[0]:,} command(s) to Canvas not confirmed for more than "
             f"{_duration(due_for)} (the oldest since {_iso(stale[1])}): "
             + (f"the last error: {last_error}" if last_error else "is the worker sending them?"),
-        )
+        ),
     ]
 
 

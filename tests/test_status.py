@@ -378,6 +378,22 @@ def test_check_reports_commands_canvas_has_not_confirmed(session: Session) -> No
     assert finding.level == CRITICAL
     assert finding.message.startswith("1 command(s) to Canvas not confirmed for more than 2 min")
     assert "the last error: Canvas did not answer DELETE" in finding.message
-    outbox = canvas_outbox(session)
+    outbox = canvas_outbox(session, now)
     assert (outbox["open_commands"], outbox["failing_commands"]) == (2, 1)
     assert outbox["oldest_open_at"] == lifecycle.iso(now - HOUR)
+    assert outbox["refused_commands_7d"] == 0
+
+    # A refusal for good (Canvas keeps the enrollment live): a warning for a day, listed a week.
+    command(
+        now - 3 * HOUR,
+        finished_at=now - 2 * HOUR,
+        outcome="refused",
+        last_error="Canvas answered 200 but still shows the enrollment active",
+    )
+    findings = check_status(session, now, interval)
+    [warning] = [x for x in findings if x.level == WARNING and "refused" in x.message]
+    assert warning.message.startswith("Canvas refused 1 command(s) in the last 24 h")
+    outbox = canvas_outbox(session, now)
+    assert outbox["refused_commands_7d"] == 1
+    assert outbox["last_refusal"].startswith("Canvas answered 200")
+    assert not [x for x in check_status(session, now + 2 * DAY, interval) if "refused" in x.message]

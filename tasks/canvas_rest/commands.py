@@ -846,6 +846,17 @@ def _end_pairing_if_done(session: Session, pairing_id: int, now: dt.datetime) ->
     )
     if not has_any or live_left:
         return False
+    # Every enrollment's newest command must be settled: one Canvas refused is not ended there,
+    # whatever the mirror says, and the pairing stays open (`tep status` lists the refusal).
+    newest = (
+        select(func.max(CanvasCommand.id))
+        .where(CanvasCommand.temporary_enrollment_pairing_id == pairing_id)
+        .group_by(CanvasCommand.enrollment_id)
+    )
+    if session.scalar(
+        select(exists().where(CanvasCommand.id.in_(newest), CanvasCommand.outcome == REFUSED))
+    ):
+        return False
     decided = session.execute(
         select(CanvasCommand.run_id, StateChange.reason)
         .outerjoin(StateChange, StateChange.id == CanvasCommand.state_change_id)

@@ -184,7 +184,7 @@ def tables(report: dict[str, Any], *, mail_on: bool) -> list[Table | str]:
         shown.append("Webhooks: none configured (TEP_WEBHOOK_URLS).")
 
     canvas = report.get("canvas")
-    if canvas and (canvas["open_commands"] or canvas["syncs"]):
+    if canvas and (canvas["open_commands"] or canvas["syncs"] or canvas["refused_commands_7d"]):
         line = (
             f"Canvas commands not yet confirmed: {count(canvas['open_commands'])} "
             f"({count(canvas['failing_commands'])} failed at least once"
@@ -198,6 +198,12 @@ def tables(report: dict[str, Any], *, mail_on: bool) -> list[Table | str]:
             + "."
         )
         shown.append(line)
+        if canvas["refused_commands_7d"]:
+            shown.append(
+                f"Canvas refused {count(canvas['refused_commands_7d'])} command(s) in the last "
+                f"7 days (those enrollments are not ended in Canvas); the last: "
+                f"{canvas['last_refusal']}"
+            )
         if canvas["syncs"]:
             syncs = _table("Canvas syncs", "root account", "last sync", "last full sync")
             for sync in canvas["syncs"]:
