@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> Celery:
         task_cls="worker.redelivery:CappedDeliveryTask",
     )
     app.conf.update(
-        include=["tasks.jobs", "tasks.delivery"],
+        include=["tasks.jobs", "tasks.delivery", "tasks.canvas_rest.jobs"],
         # JSON only: a pickled message is refused, never executed.
         task_serializer="json",
         result_serializer="json",

@@ -50,7 +50,7 @@ from api.params import (
     is_ascii_integer,
     string_schema,
 )
-from api.routes.enrollments import TEMPORARY_SCOPE_COURSE_STATES, shown_state_sql
+from api.routes.enrollments import TEMPORARY_SCOPE_COURSE_STATES, UserIdPath, shown_state_sql
 from api.schemas import (
     AccountJson,
     AdminJson,
@@ -412,6 +412,47 @@ def list_roles(
 # --------------------------------------------------------------------------------------------
 # The account's users (UsersController#api_index, lib/user_search.rb)
 
+# `include[]=email` (UsersController#api_index keeps `include & %w[avatar_url email ...]`;
+# lib/api/v1/user.rb `user_json` then adds `email` for a caller with `read_email_addresses`,
+# which every admin here is).
+INCLUDE_EMAIL = "email"
+
+
+class UserWithEmailJson(UserJson):
+    """A user with `email` when it was asked for (the key is left out otherwise, as Canvas
+    leaves it out): `User#email`, the first e-mail channel that is not retired, or null."""
+
+    email: str | None = None
+
+    @classmethod
+    def of(
+        cls, user: User, login: Pseudonym | None, emails: dict[int, str] | None = None
+    ) -> UserWithEmailJson:
+        json = cls(**UserJson.of(user, login).model_dump())
+        if emails is not None:
+            json.email = emails.get(user.id)
+        return json
+
+
+def emails_of(session: Session, user_ids: list[int]) -> dict[int, str]:
+    """Each user's address as Canvas's `User#email` reads it (`email_channel`: the user's first
+    `email` channel that is not retired; tep maps no `position`, so the first by id)."""
+    found: dict[int, str] = {}
+    if not user_ids:
+        return found
+    for user_id, path in session.execute(
+        select(CommunicationChannel.user_id, CommunicationChannel.path)
+        .where(
+            CommunicationChannel.user_id.in_(user_ids),
+            CommunicationChannel.path_type == "email",
+            CommunicationChannel.workflow_state != "retired",
+        )
+        .order_by(CommunicationChannel.id)
+    ):
+        found.setdefault(user_id, path)
+    return found
+
+
 SEARCH_TERM_MIN = 3  # SearchTermHelper::MIN_SEARCH_TERM_LENGTH
 USER_LIST_FIELDS = (
     Field(
@@ -431,6 +472,12 @@ USER_LIST_FIELDS = (
         BOOLEAN,
         "Only users who provide a live temporary enrollment to a user of the account (with the "
         "previous one: either).",
+    ),
+    Field(
+        "include[]",
+        {"type": "array", "items": string_schema()},
+        "`email` adds each user's `email` (their first e-mail channel that is not retired, or "
+        "null); other values are ignored, as Canvas ignores the ones it does not know.",
     ),
     *PAGE_FIELDS,
 )
@@ -525,7 +572,8 @@ def _matches(search_term: str, root_account_id: int) -> ColumnElement[bool]:
 
 @router.get(
     "/accounts/{account_id}/users",
-    response_model=list[UserJson],
+    response_model=list[UserWithEmailJson],
+    response_model_exclude_unset=True,
     summary="List users in account",
     responses={**error_responses(), 200: {"headers": LINK_HEADER_DOC}},
     openapi_extra=documented(query=USER_LIST_FIELDS),
@@ -552,6 +600,7 @@ def list_users(
         raise bad_request(f"search_term: {SEARCH_TERM_MIN} or more characters is required")
     recipients = bool(params.boolean("temporary_enrollment_recipients"))
     providers = bool(params.boolean("temporary_enrollment_providers"))
+    with_email = INCLUDE_EMAIL in (params.strings("include") or [])
     page = requested_page(params)
     with transaction(db.read, commit=False) as session:
         account = find_account(session, caller, account_id)
@@ -571,7 +620,8 @@ def list_users(
         stmt = stmt.order_by(func.lower(func.coalesce(User.sortable_name, User.name)), User.id)
         found = [row[0] for row in paginate(session, stmt, page, request, response)]
         logins = {user.id: login_of(session, user.id, caller.root_account_id) for user in found}
-        return [UserJson.of(user, logins[user.id]) for user in found]
+        emails = emails_of(session, [user.id for user in found]) if with_email else None
+        return [UserWithEmailJson.of(user, logins[user.id], emails) for user in found]
 
 
 def _temporary_end(session: Session, account: Account, which: str) -> ColumnElement[bool]:
@@ -659,3 +709,105 @@ def create_admin(
             user=UserJson.of(user, login),
             workflow_state=admin.workflow_state,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Read-only lookups a REST client of Canvas starts from: the token's user (UsersController
+# #api_show), the caller's permissions in an account (AccountsController#permissions) and a
+# course's sections (SectionsController#index). tep's hosted-Canvas connector
+# (tasks/canvas_rest/) calls them on a hosted Canvas; here they answer as Canvas does.
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserWithEmailJson,
+    summary="Show user details",
+    responses=error_responses(),
+    tags=["Users"],
+)
+def show_user(user_id: UserIdPath, caller: CallerDep, db: DatabaseDep) -> UserWithEmailJson:
+    """The user (`self`: the token's user), with `email`, which Canvas's `api_show` always
+    returns. Anyone may see themselves; another user of the root account needs an admin
+    (Canvas's `:api_show_user`)."""
+    with transaction(db.read, commit=False) as session:
+        target = caller.user_id if user_id == "self" else int(user_id)
+        user = session.get(User, target)
+        login = login_of(session, target, caller.root_account_id)
+        if user is None or user.workflow_state == "deleted" or login is None:
+            raise not_found(f"no user with id {user_id}")
+        if target != caller.user_id:
+            require_admin(session, caller, caller.root_account_id)
+        return UserWithEmailJson.of(user, login, emails_of(session, [user.id]))
+
+
+PERMISSION_FIELDS = (
+    Field(
+        "permissions[]",
+        {"type": "array", "items": string_schema()},
+        "The permissions to check for the token's user in the account.",
+    ),
+)
+# Permissions tep's model does not compute (tasks/permissions.py) but whose endpoints it
+# serves: they answer what those endpoints here require, an admin of the account (the account's
+# users need `read_roster` in Canvas, their e-mail addresses `read_email_addresses`).
+ADMIN_PERMISSIONS = ("read_roster", "read_email_addresses")
+
+
+@router.get(
+    "/accounts/{account_id}/permissions",
+    response_model=dict[str, bool],
+    summary="Permissions",
+    responses=error_responses(),
+    openapi_extra=documented(query=PERMISSION_FIELDS),
+    tags=["Accounts"],
+)
+def account_permissions(
+    account_id: AccountIdPath, caller: CallerDep, db: DatabaseDep, params: ParamsDep
+) -> dict[str, bool]:
+    """Whether the token's user holds each of `permissions[]` in the account, as Canvas's
+    `rights_status` answers (`{"temporary_enrollments_add": true, ...}`; a permission Canvas
+    does not know is false). Canvas asks `:read` on the account first (an admin of it; 401
+    otherwise). The temporary-enrollment permissions and `manage_account_memberships` follow
+    Canvas's roles and overrides (tasks/permissions.py); `read_roster` and
+    `read_email_addresses` are an admin's here, as the endpoints that need them require."""
+    wanted = params.strings("permissions") or []
+    with transaction(db.read, commit=False) as session:
+        account = find_account(session, caller, account_id)
+        require_admin(session, caller, account.id)
+        result: dict[str, bool] = {}
+        for name in wanted:
+            if name in permissions.PERMISSIONS:
+                result[name] = permissions.holds(session, caller.user_id, account.id, [name])
+            else:
+                result[name] = name in ADMIN_PERMISSIONS
+        return result
+
+
+@router.get(
+    "/courses/{course_id}/sections",
+    response_model=list[SectionJson],
+    summary="List course sections",
+    responses={**error_responses(), 200: {"headers": LINK_HEADER_DOC}},
+    openapi_extra=documented(query=PAGE_FIELDS),
+    tags=["Sections"],
+)
+def list_sections(
+    course_id: CourseIdPath,
+    caller: CallerDep,
+    db: DatabaseDep,
+    params: ParamsDep,
+    request: Request,
+    response: Response,
+) -> list[SectionJson]:
+    """The course's sections that are not deleted (`active_course_sections`), by name then id,
+    paginated (SectionsController#index)."""
+    page = requested_page(params)
+    with transaction(db.read, commit=False) as session:
+        course = find_course(session, caller, course_id)
+        require_admin(session, caller, course.account_id)
+        stmt = (
+            select(CourseSection)
+            .where(CourseSection.course_id == course.id, CourseSection.workflow_state != "deleted")
+            .order_by(CourseSection.name, CourseSection.id)
+        )
+        return [SectionJson.of(row[0]) for row in paginate(session, stmt, page, request, response)]

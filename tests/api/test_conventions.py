@@ -298,7 +298,10 @@ def test_the_openapi_document_describes_every_endpoint(world: World) -> None:
         "GET /api/v1/courses/{course_id}",
         "POST /api/v1/accounts/{account_id}/courses",
         "POST /api/v1/courses/{course_id}/sections",
+        "GET /api/v1/courses/{course_id}/sections",
         "POST /api/v1/accounts/{account_id}/users",
+        "GET /api/v1/users/{user_id}",
+        "GET /api/v1/accounts/{account_id}/permissions",
     }
     listing = operations["GET /api/v1/courses/{course_id}/enrollments"]
     names = {p["name"] for p in listing["parameters"]}

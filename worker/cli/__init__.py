@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from worker import logs
-from worker.cli import admin, db, demo, prune, restore, serve, status, sweep, tokens
+from worker.cli import admin, canvas, db, demo, prune, restore, serve, status, sweep, tokens
 from worker.cli.shared import (
     NUMERIC_VALUE_OUT_OF_RANGE,
     SIGINT_EXIT,
@@ -47,6 +47,7 @@ cli.command()(sweep.sweep)
 cli.command()(demo.demo)
 cli.command()(restore.restore)  # tep restore PAIRING_ID [--end-at ISO]
 cli.command()(prune.prune)  # tep prune [--older-than DAYS] [--audit-older-than DAYS]
+cli.add_typer(canvas.canvas_cli, name="canvas")  # tep canvas check|sync|send
 
 
 def _show_version(shown: bool) -> None:
