@@ -15,6 +15,7 @@ import dataclasses
 
 import pytest
 
+from bench import canvas as canvas_bench
 from bench import run as bench
 from tests import services
 
@@ -119,3 +120,26 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str
         bench.parse(["--concurrency", "two"])
     assert exit_.value.code == 2
     assert "--concurrency 'two': give counts such as 1,2,4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", ["db", "api"])
+def test_the_canvas_bench_runs_and_its_counts_are_exact(seed: str) -> None:
+    """bench/canvas.py at 6 expiries (two pairings): the test Canvas behind the throttling
+    proxy, both syncs, the sweep, the delivery and the bare baseline, each checked."""
+    options = canvas_bench.Options(expiries=6, per_pairing=3, seed=seed)
+    results = canvas_bench.run(options, progress=lambda _: None)
+
+    assert [c for c in results.checks if not c.ok] == []
+    assert len(results.checks) >= 15
+    figures = canvas_bench.figures(results)
+    assert figures["delivery_requests"] == figures["baseline_requests"] == 6
+    assert figures["requests_per_expiry"] == 1.0
+    assert figures["bucket_ceiling_requests_per_second"] > 0
+    assert "checks as expected" in canvas_bench.table(results)
+
+
+def test_the_canvas_bench_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        canvas_bench.parse(["--expiries", "0"])
+    assert exit_.value.code == 2
+    assert "--expiries must be at least 1" in capsys.readouterr().err
