@@ -112,6 +112,11 @@ def test_celery_call_and_result_from_the_command_line(
     assert pairing_states(pg_session, due) == ["active", "active", "active"]  # nothing written
 
 
+def recorded_triggers(session: Session) -> list[str]:
+    session.rollback()  # a fresh snapshot: the worker commits its runs meanwhile
+    return list(session.scalars(select(SweepRun.trigger)))
+
+
 def test_beat_ends_due_pairings_without_anyone_calling(
     env: dict[str, str], pg_session: Session, tmp_path: Path
 ) -> None:
@@ -130,13 +135,15 @@ def test_beat_ends_due_pairings_without_anyone_calling(
             60,
             "beat-driven sweeps to end the due pairings",
         )
-        # The worker's start-up look-ahead (tasks/timers.py) may end them before beat has
-        # logged its first tick: wait for beat's line rather than expect it already there.
+        # The worker's start-up look-ahead (tasks/timers.py) may end them before beat's first
+        # tick, and a tick beat has sent may still be on its way to the worker: wait for the
+        # worker to have recorded a beat run, not only for beat's line.
         wait_until(
             lambda: "Sending due task expire-due-pairings-every-interval" in beat.log,
             60,
             "beat to send its interval sweep",
         )
+        wait_until(lambda: "beat" in recorded_triggers(pg_session), 60, "a beat run recorded")
 
     assert pairing_states(pg_session, future) == ["active"]
     enrollment = pg_session.get(Enrollment, soon_enrollments[0].id)
